@@ -1,0 +1,168 @@
+"""Adaptive Computation Time (A. Graves, "Adaptive Computation Time for Recurrent Neural
+Networks", arXiv 1603.08983, 2016), as D. Fojo, V. Campos and X. Giro-i-Nieto's released code
+uses it ("Comparing Fixed and Adaptive Computation Time for Recurrent Neural Networks", 2018).
+
+For every input token x_t the wrapped cell S is applied n = 1, 2, ..., N(t) times; a halting unit
+reads each intermediate output and the token's state and output are the halting-probability
+weighted means of the intermediate ones:
+
+    x_t^n = (delta_{n,1}, x_t)                        first-step flag, the first input column
+    s_t^n = S(s_t^{n-1}, x_t^n),   s_t^0 = s_{t-1}    y_t^n = h of s_t^n
+    h_t^n = sigmoid(W_h y_t^n + b_h)                  halting unit
+    N(t)  = min(M, min{n' : sum_{n<=n'} h_t^n >= 1 - eps})
+    R(t)  = 1 - sum_{n<N(t)} h_t^n                    remainder
+    p_t^n = h_t^n for n < N(t),  p_t^N(t) = R(t)      halting probabilities, sum to 1
+    s_t   = sum_n p_t^n s_t^n,   y_t = sum_n p_t^n y_t^n
+    rho_t = N(t) + R(t)                               ponder cost, gradient through R only
+
+Details that public ports get wrong and that decide results: the halting test at step n includes
+h_t^n itself; R carries gradient (through the earlier h's) while the last h_t^N(t) gets none; at
+the cap M the weights still sum to 1 (p^M = R); for an LSTM both h and c are averaged.
+
+Halting is per sample, with masks: a sample that has halted keeps its state and output while the
+others go on, and the loop for a token ends when every sample has halted.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+from torch import nn
+
+Cell = Union[nn.RNNCell, nn.GRUCell, nn.LSTMCell]
+State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _output(state: State) -> torch.Tensor:
+    """The cell's output y: h itself, or h of an LSTM's (h, c)."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def _map(fn, *states: State) -> State:
+    """Apply ``fn`` to the tensors of one or more states of the same type."""
+    if isinstance(states[0], tuple):
+        return tuple(fn(*parts) for parts in zip(*states, strict=True))
+    return fn(*states)
+
+
+class ACT(nn.Module):
+    r"""Wrap a recurrent cell so that it ponders a data-dependent number of steps per token.
+
+    Args:
+        cell: an ``nn.RNNCell``, ``nn.GRUCell`` or ``nn.LSTMCell`` whose ``input_size`` is the
+            data's feature size + 1 (the first-step flag is prepended as the first column).
+        epsilon: eps of the halting threshold 1 - eps, in (0, 1).
+        max_steps: M, the most ponder steps per token (>= 1).
+        halting_bias: initial value of b_h (Graves: 1.0, so that early steps do not halt at once
+            by chance and the network learns to ponder).
+
+    Inputs: ``x, state``
+        x: ``[batch, time, features]``.
+        state: the cell's state, ``[batch, hidden]`` or for an LSTM ``(h, c)``; zeros if None.
+
+    Outputs: ``outputs, state, info``
+        outputs: ``[batch, time, hidden]``, y_t for every token.
+        state: s_T, the state after the last token, in the cell's state type.
+        info: a dict of ``[batch, time]`` tensors: ``steps`` N(t) (int64), ``remainder`` R(t) and
+            ``ponder_cost`` rho_t = N(t) + R(t) (differentiable through R only); with
+            ``return_probs=True`` also ``probs``, p_t^n as ``[batch, time, max N]``, zero-padded.
+    """
+
+    def __init__(
+        self, cell: Cell, epsilon: float = 0.01, max_steps: int = 100, halting_bias: float = 1.0
+    ) -> None:
+        super().__init__()
+        if not isinstance(cell, (nn.RNNCell, nn.GRUCell, nn.LSTMCell)):
+            raise TypeError(f"ACT wraps an nn.RNNCell, GRUCell or LSTMCell, got {type(cell)!r}")
+        if not 0.0 < epsilon < 1.0:
+            raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self.cell = cell
+        self.epsilon = float(epsilon)
+        self.max_steps = int(max_steps)
+        self.hidden_size = cell.hidden_size
+        self.input_size = cell.input_size - 1  # the data's features, without the flag
+        self.halting = nn.Linear(cell.hidden_size, 1)
+        with torch.no_grad():
+            self.halting.bias.fill_(halting_bias)
+
+    def initial_state(self, x: torch.Tensor) -> State:
+        zeros = x.new_zeros(x.shape[0], self.hidden_size)
+        return (zeros, zeros.clone()) if isinstance(self.cell, nn.LSTMCell) else zeros
+
+    def forward(
+        self, x: torch.Tensor, state: State | None = None, return_probs: bool = False
+    ) -> tuple[torch.Tensor, State, dict[str, torch.Tensor]]:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"ACT expects x of shape [batch, time, {self.input_size}], got {tuple(x.shape)}"
+            )
+        batch, time, _ = x.shape
+        if state is None:
+            state = self.initial_state(x)
+        outputs, steps, remainders, probs = [], [], [], []
+        for t in range(time):
+            y, state, n_t, r_t, p_t = self._ponder(x[:, t], state)
+            outputs.append(y)
+            steps.append(n_t)
+            remainders.append(r_t)
+            probs.append(p_t)
+        steps_bt = torch.stack(steps, 1)  # (B, T)
+        remainder = torch.stack(remainders, 1)  # (B, T)
+        info = {
+            "steps": steps_bt,
+            "remainder": remainder,
+            "ponder_cost": steps_bt.to(remainder.dtype) + remainder,  # rho_t = N(t) + R(t)
+        }
+        if return_probs:
+            width = max(p.shape[1] for p in probs)
+            info["probs"] = torch.stack(
+                [nn.functional.pad(p, (0, width - p.shape[1])) for p in probs], 1
+            )  # (B, T, max N)
+        return torch.stack(outputs, 1), state, info
+
+    def _ponder(self, x_t: torch.Tensor, s_prev: State):
+        """One token: ponder until every sample has halted; returns y_t, s_t, N(t), R(t), p_t."""
+        batch = x_t.shape[0]
+        one_minus_eps = 1.0 - self.epsilon
+        flags = x_t.new_zeros(batch, 1)
+        cum_h = x_t.new_zeros(batch)  # sum_{n'<n} h_t^n' (with gradient)
+        running = torch.ones(batch, dtype=torch.bool, device=x_t.device)  # not yet halted
+        steps = torch.zeros(batch, dtype=torch.long, device=x_t.device)  # N(t)
+        remainder = x_t.new_zeros(batch)  # R(t)
+        s_mean = _map(torch.zeros_like, s_prev)  # s_t = sum_n p_t^n s_t^n
+        y_mean = x_t.new_zeros(batch, self.hidden_size)  # y_t = sum_n p_t^n y_t^n
+        p_list = []
+        s = s_prev
+        for n in range(1, self.max_steps + 1):
+            flag = flags + 1.0 if n == 1 else flags  # delta_{n,1}
+            s_new = self.cell(torch.cat([flag, x_t], 1), s)  # s_t^n
+            y = _output(s_new)  # y_t^n
+            h = torch.sigmoid(self.halting(y)).squeeze(-1)  # h_t^n
+            # The test includes h_t^n: sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
+            # or at the cap M.
+            if n == self.max_steps:
+                halts = running
+            else:
+                halts = running & (cum_h + h >= one_minus_eps)
+            going_on = running & ~halts
+            # p_t^n: h_t^n while going on, R(t) = 1 - sum_{n'<n} h when halting, 0 once halted.
+            # The last h_t^N gets no gradient: where() takes 1 - cum_h for halting samples.
+            r_n = 1.0 - cum_h
+            p = torch.where(halts, r_n, torch.where(going_on, h, torch.zeros_like(h)))
+            p_col = p.unsqueeze(-1)
+            s_mean = _map(lambda acc, new: acc + p_col * new, s_mean, s_new)
+            y_mean = y_mean + p_col * y
+            remainder = torch.where(halts, r_n, remainder)
+            steps = steps + running.long()
+            cum_h = cum_h + torch.where(going_on, h, torch.zeros_like(h))
+            p_list.append(p)
+            # Halted samples keep their last state; they no longer add to the means (p = 0).
+            keep = running.unsqueeze(-1)
+            s = _map(lambda old, new: torch.where(keep, new, old), s, s_new)
+            running = going_on
+            if not bool(running.any()):
+                break
+        return y_mean, s_mean, steps, remainder, torch.stack(p_list, 1)

@@ -1,0 +1,142 @@
+"""The ``ponder`` command: thin argument parsing over train, sweep, report and bench.
+
+Bad input ends with one line on stderr and a non-zero exit status, never a traceback:
+2 for a configuration or run directory a person must fix, 3 for a run that diverged,
+1 for a sweep in which some runs did not finish, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, from_dict, load_yaml, resolve
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
+
+# --flag -> task option, for the task size options
+TASK_FLAGS = {
+    "bits": "parity: input bits (64)",
+    "numbers": "addition: numbers per sequence (5)",
+    "digits": "addition: most digits per number (5)",
+    "max_length": "logic: most tokens per sequence (10); sort: most numbers (15)",
+    "min_length": "sort: fewest numbers (2)",
+    "gates": "logic: most gates per token (10)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and our exit status for bad input."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"ponder: error: {message}\n")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--config", type=Path, help="YAML file with any of the options below (flags win)")
+    a("--task", help="parity | addition | logic | sort")
+    a("--model", help="rnn | act | repeat")
+    a("--cell", help="rnn | gru | lstm (default: the paper's for the task)")
+    a("--hidden", type=int, help="units of the recurrent layer")
+    a("--tau", type=float, help="ACT's time penalty")
+    a("--rho", type=int, help="Repeat-RNN's repeats per token")
+    a("--epsilon", type=float, help="ACT's halting threshold is 1 - epsilon")
+    a("--max-ponder", type=int, help="ACT's most ponder steps per token, M")
+    a("--halting-bias", type=float, help="initial bias of ACT's halting unit")
+    a("--init", help="tf (the authors' TensorFlow defaults) | torch (PyTorch's)")
+    a("--ponder-loss", help="mean (authors' code) | sum (Graves) of the ponder cost over time")
+    a("--batch-size", type=int)
+    a("--lr", type=float)
+    a("--steps", type=int, help="training steps (paper: 2,000,000)")
+    a("--log-every", type=int, help="steps between logs (default 1000)")
+    a("--checkpoint-every", type=int, help="log intervals between checkpoints")
+    a("--eval-size", type=int, help="held-out sequences evaluated at every log")
+    a("--seed", type=int)
+    a("--device", help="auto | cpu | cuda")
+    a("--stop-when-solved", action="store_const", const=True, default=None)
+    a("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    for name, doc in TASK_FLAGS.items():
+        a(f"--{name.replace('_', '-')}", type=int, help=doc)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Merge a YAML config (if any) with the flags given, and resolve it."""
+    data = load_yaml(args.config) if args.config else {}
+    options = dict(data.get("task_options") or {})
+    for name in TASK_FLAGS:
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    skip = {"config", "command", "out", "func", *TASK_FLAGS}
+    for k, v in vars(args).items():
+        if k not in skip and v is not None:
+            data[k] = v
+    if options:
+        data["task_options"] = options
+    return resolve(from_dict(data))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import train
+
+    config = config_from_args(args)
+    out = args.out or Path("runs") / f"{config.task}-{config.model}-seed{config.seed}"
+    print(f"ponder train: {config.task}, {config.model} ({config.cell}), -> {out}", flush=True)
+    summary = train.run(config, out)
+    _print_summary(summary, out)
+    return EXIT_DIVERGED if summary.get("diverged") else 0
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    if summary.get("diverged"):
+        print(f"diverged (loss not finite near step {summary.get('diverged_near_step')})")
+    solved = summary["solved"]
+    stp = summary["steps_to_solve"]
+    print(
+        f"{'solved' if solved else 'not solved'}"
+        + (f" at step {stp:,} (paper criterion)" if solved else "")
+        + f"; held-out accuracy {_fmt(summary['final_eval_accuracy'])}"
+        + f", mean ponder {_fmt(summary['mean_ponder'])}"
+        + f", repetitions {_fmt(summary['mean_repetitions'])} after {summary['step']:,} steps"
+    )
+    print(f"results in {out}/ (summary.json, metrics.csv, TensorBoard events)")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ponder", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train one run", description="Train one run.")
+    _add_train_flags(p)
+    p.add_argument("--out", type=Path, help="run directory (default runs/TASK-MODEL-seedN)")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .train import RunError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, RunError) as e:
+        print(f"ponder: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("ponder: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Run configuration: a typed dataclass, the papers' defaults per task, and YAML load/validate.
+
+This module is the only place that reads user input. ``resolve`` validates a config once and fills
+the per-task defaults (SPEC.md: network, batch size, max ponder M); everything after it trusts
+the resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import tasks
+
+
+class ConfigError(ValueError):
+    """A configuration a person wrote is wrong; the message is one line for them."""
+
+
+# The papers' networks per task (SPEC.md): cell, units, batch size, max ponder steps M.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "parity": {"cell": "rnn", "hidden": 128, "batch_size": 128, "max_ponder": 100},
+    "addition": {"cell": "lstm", "hidden": 512, "batch_size": 32, "max_ponder": 20},
+    "logic": {"cell": "lstm", "hidden": 128, "batch_size": 16, "max_ponder": 100},
+    "sort": {"cell": "lstm", "hidden": 512, "batch_size": 16, "max_ponder": 100},
+}
+MODELS = ("rnn", "act", "repeat")
+CELLS = ("rnn", "gru", "lstm")
+DEVICES = ("auto", "cpu", "cuda")
+INITS = ("tf", "torch")
+PONDER_LOSSES = ("mean", "sum")
+
+# Fields that change what a run computes. A run directory refuses a config that differs in any of
+# these; the others (budget, stopping, device, logging to screen) may change on resume.
+RESUMABLE_FIELDS = ("steps", "stop_when_solved", "device", "progress")
+
+
+@dataclass
+class RunConfig:
+    """One training run. ``None`` means "the paper's value for this task" (see ``resolve``)."""
+
+    task: str = "parity"
+    task_options: dict[str, int] = field(default_factory=dict)
+    model: str = "act"
+    cell: str | None = None
+    hidden: int | None = None
+    tau: float = 1e-3  # ACT's time penalty
+    rho: int = 2  # Repeat-RNN's repeats per token
+    epsilon: float = 0.01
+    max_ponder: int | None = None  # M
+    halting_bias: float = 1.0
+    init: str = "tf"  # "tf" (the authors' TensorFlow defaults) or "torch"
+    ponder_loss: str = "mean"  # "mean" over time steps (authors' code) or "sum" (Graves)
+    batch_size: int | None = None
+    lr: float = 1e-3
+    steps: int = 2_000_000
+    log_every: int = 1000
+    checkpoint_every: int = 5  # in log intervals
+    eval_size: int = 1000
+    eval_seed: int = 20180326  # the held-out set's own seed, the same for every run
+    solve_threshold: float = 0.98
+    solve_window: int = 71  # Savitzky-Golay window (points) of the paper's criterion
+    seed: int = 0
+    device: str = "auto"
+    stop_when_solved: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what the run computes (see ``RESUMABLE_FIELDS``)."""
+        d = self.to_dict()
+        for k in RESUMABLE_FIELDS:
+            d.pop(k)
+        return d
+
+
+def _field_type(name: str) -> type:
+    """The non-None type of a RunConfig field (``int | None`` -> ``int``)."""
+    hint = typing.get_type_hints(RunConfig)[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def _check_type(name: str, value: Any) -> None:
+    if value is None:
+        return
+    want = _field_type(name)
+    ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(f"{name} must be {want.__name__}, got {value!r}")
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """A ``RunConfig`` from plain data (a YAML mapping), rejecting unknown keys and bad types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    for k, v in data.items():
+        _check_type(k, v)
+    data = dict(data)
+    if data.get("task_options") is None:
+        data.pop("task_options", None)
+    for k in ("tau", "epsilon", "halting_bias", "lr", "solve_threshold"):
+        if k in data and data[k] is not None:
+            data[k] = float(data[k])
+    return RunConfig(**data)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; a missing or malformed file is a ``ConfigError``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """Validate ``config`` and fill the per-task defaults; raises ``ConfigError``."""
+    c = dataclasses.replace(config, task_options=dict(config.task_options))
+    if c.task not in TASK_DEFAULTS:
+        raise ConfigError(f"unknown task {c.task!r} (known: {', '.join(TASK_DEFAULTS)})")
+    try:
+        task = tasks.make(c.task, **c.task_options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"task {c.task}: {e}") from None
+    c.task_options = _task_options(task, c.task_options)
+    for k, v in TASK_DEFAULTS[c.task].items():
+        if getattr(c, k) is None:
+            setattr(c, k, v)
+    checks = [
+        (c.model in MODELS, f"unknown model {c.model!r} (known: {', '.join(MODELS)})"),
+        (c.cell in CELLS, f"unknown cell {c.cell!r} (known: {', '.join(CELLS)})"),
+        (c.device in DEVICES, f"unknown device {c.device!r} (known: {', '.join(DEVICES)})"),
+        (c.init in INITS, f"unknown init {c.init!r} (known: {', '.join(INITS)})"),
+        (c.ponder_loss in PONDER_LOSSES, f"ponder_loss must be one of {PONDER_LOSSES}"),
+        (math.isfinite(c.tau) and c.tau >= 0, f"tau must be >= 0, got {c.tau}"),
+        (c.rho >= 1, f"rho must be >= 1, got {c.rho}"),
+        (0 < c.epsilon < 1, f"epsilon must be in (0, 1), got {c.epsilon}"),
+        (c.max_ponder >= 1, f"max_ponder must be >= 1, got {c.max_ponder}"),
+        (c.hidden >= 1, f"hidden must be >= 1, got {c.hidden}"),
+        (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
+        (math.isfinite(c.lr) and c.lr > 0, f"lr must be > 0, got {c.lr}"),
+        (c.steps >= 1, f"steps must be >= 1, got {c.steps}"),
+        (c.log_every >= 1, f"log_every must be >= 1, got {c.log_every}"),
+        (c.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {c.checkpoint_every}"),
+        (c.eval_size >= 1, f"eval_size must be >= 1, got {c.eval_size}"),
+        (0 < c.solve_threshold <= 1, f"solve_threshold must be in (0, 1], got {c.solve_threshold}"),
+        (c.solve_window >= 1 and c.solve_window % 2 == 1, "solve_window must be odd and >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return c
+
+
+def _task_options(task: tasks.Task, given: dict[str, int]) -> dict[str, int]:
+    """Every size option of ``task`` with its value, so config.yaml records the full problem."""
+    import inspect
+
+    params = inspect.signature(type(task).__init__).parameters
+    return {k: getattr(task, k, given.get(k, p.default)) for k, p in params.items() if k != "self"}
+
+
+def save_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

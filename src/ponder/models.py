@@ -1,0 +1,139 @@
+"""Task-sized networks: a recurrent core (plain RNN, ACT or Repeat-RNN) and a linear readout.
+
+Initialisation follows the authors' TensorFlow 1.4 code by default (``init="tf"``): a cell's
+kernel over [input; hidden] is Glorot-uniform with limit sqrt(6 / (fan_in + fan_out)),
+fan_in = input (flag included) + hidden, fan_out = hidden x gates; biases zero; an LSTM's forget
+gate bias +1 (``LSTMBlockCell(forget_bias=1.0)``); the readout kernel Glorot-uniform and its
+bias from the same initializer (a 1-D variable, fan_in = fan_out = its length); the halting
+unit Glorot-uniform with bias +1. ``init="torch"`` reproduces PyTorch's own defaults (uniform
++-1/sqrt(hidden) for every cell weight and bias, Kaiming-uniform linear layers); the halting bias
+stays at ACT's ``halting_bias`` under both. Every draw comes from the generator passed in, so the
+same seed gives the same network on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .act import ACT
+from .repeat import Repeat
+
+CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
+LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a network is, independent of training: sizes, core and its ponder options."""
+
+    input_size: int
+    output_size: int
+    model: str = "act"  # "rnn" | "act" | "repeat"
+    cell: str = "rnn"  # "rnn" | "gru" | "lstm"
+    hidden: int = 128
+    rho: int = 1
+    epsilon: float = 0.01
+    max_ponder: int = 100
+    halting_bias: float = 1.0
+
+
+class PonderNet(nn.Module):
+    """``logits, info = net(x)``: x ``[B, T, input_size]`` -> logits ``[B, T, output_size]``.
+
+    ``info`` holds ``[B, T]`` tensors: ``steps`` N(t) (float), ``ponder_cost`` N(t) + R(t) (the
+    term the loss penalises, differentiable through R for ACT) and ``paper_ponder``, the
+    repetitions the Fojo paper reports: N(t) - 1 + R(t) for ACT, rho for Repeat and the RNN.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        flagged = spec.input_size + 1  # the first-step flag is the first input column
+        if spec.model == "act":
+            cell = CELLS[spec.cell](flagged, spec.hidden)
+            self.core = ACT(cell, spec.epsilon, spec.max_ponder, spec.halting_bias)
+        elif spec.model in ("repeat", "rnn"):
+            rho = spec.rho if spec.model == "repeat" else 1
+            layer = LAYERS[spec.cell](flagged, spec.hidden, batch_first=True)
+            self.core = Repeat(layer, rho)
+        else:
+            raise ValueError(f"unknown model {spec.model!r}")
+        self.readout = nn.Linear(spec.hidden, spec.output_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(self.core, ACT):
+            y, _, act_info = self.core(x)
+            steps = act_info["steps"].to(y.dtype)
+            info = {
+                "steps": steps,
+                "ponder_cost": act_info["ponder_cost"],
+                "paper_ponder": steps - 1.0 + act_info["remainder"].detach(),
+            }
+        else:
+            y, _ = self.core(x)
+            fixed = torch.full(y.shape[:2], float(self.core.rho), device=y.device, dtype=y.dtype)
+            info = {"steps": fixed, "ponder_cost": fixed, "paper_ponder": fixed}
+        return self.readout(y), info
+
+
+def _glorot_(w: torch.Tensor, fan_in: int, fan_out: int, gen: torch.Generator) -> None:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    w.copy_(torch.rand(w.shape, generator=gen, dtype=w.dtype) * (2 * limit) - limit)
+
+
+def _uniform_(w: torch.Tensor, bound: float, gen: torch.Generator) -> None:
+    w.copy_(torch.rand(w.shape, generator=gen, dtype=w.dtype) * (2 * bound) - bound)
+
+
+@torch.no_grad()
+def init_weights(net: PonderNet, scheme: str, generator: torch.Generator) -> None:
+    """Re-draw every parameter of ``net`` from ``generator`` (a CPU generator) by ``scheme``."""
+    spec = net.spec
+    hidden, gates = spec.hidden, GATES[spec.cell]
+    core = net.core.cell if isinstance(net.core, ACT) else net.core.rnn
+    params = dict(core.named_parameters())
+    weights = sorted(k for k in params if k.startswith("weight_"))
+    biases = sorted(k for k in params if k.startswith("bias_"))
+    if scheme == "torch":
+        for name in weights + biases:
+            _uniform_(params[name], 1.0 / math.sqrt(hidden), generator)
+        out = net.readout
+        _uniform_(out.weight, 1.0 / math.sqrt(out.in_features), generator)
+        _uniform_(out.bias, 1.0 / math.sqrt(out.in_features), generator)
+        if isinstance(net.core, ACT):
+            _uniform_(net.core.halting.weight, 1.0 / math.sqrt(hidden), generator)
+            net.core.halting.bias.fill_(spec.halting_bias)
+        return
+    if scheme != "tf":
+        raise ValueError(f"unknown init scheme {scheme!r}")
+    fan_in = spec.input_size + 1 + hidden  # [input (flag included); hidden]
+    for name in weights:
+        w = params[name]
+        if spec.cell == "gru":
+            # TF's GRUCell has a gates kernel (r, z) and a candidate kernel, each Glorot.
+            _glorot_(w[: 2 * hidden], fan_in, 2 * hidden, generator)
+            _glorot_(w[2 * hidden :], fan_in, hidden, generator)
+        else:
+            _glorot_(w, fan_in, gates * hidden, generator)
+    for name in biases:
+        params[name].zero_()
+    if spec.cell == "lstm":
+        params[biases[-1]][hidden : 2 * hidden] = 1.0  # forget gate (PyTorch order i, f, g, o)
+    out = net.readout
+    _glorot_(out.weight, out.in_features, out.out_features, generator)
+    _glorot_(out.bias, out.out_features, out.out_features, generator)
+    if isinstance(net.core, ACT):
+        _glorot_(net.core.halting.weight, hidden, 1, generator)
+        net.core.halting.bias.fill_(spec.halting_bias)
+
+
+def build_model(spec: ModelSpec, init: str, generator: torch.Generator) -> PonderNet:
+    """A network for ``spec`` with every weight drawn from ``generator`` (CPU), on the CPU."""
+    net = PonderNet(spec)
+    init_weights(net, init, generator)
+    return net

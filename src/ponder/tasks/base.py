@@ -1,0 +1,51 @@
+"""The interface every task implements: sampling, loss, sequence accuracy and difficulty.
+
+A task is a stream of fresh random batches (there is no dataset): ``sample`` draws every random
+number from the ``torch.Generator`` it is given, on that generator's device, with vectorised torch
+ops, so the same seed gives the same batches on the same device.
+
+Targets are integer tensors aligned with the input's time steps; a position with no target holds
+``IGNORE`` (-100, PyTorch's ``ignore_index``). The loss and accuracy functions accept any number of
+leading dimensions (``[..., T, ...]``), so a batched ensemble of runs ``[K, B, T, ...]`` uses them
+unchanged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+IGNORE = -100
+
+
+class Task(ABC):
+    """A sequence task: ``inputs [B, T, input_size]`` -> per-step logits ``[B, T, output_size]``."""
+
+    name: str
+    input_size: int  # features per time step (without ACT/Repeat's first-step flag)
+    output_size: int  # logits per time step
+    seq_len: int  # T, the number of time steps of every batch
+
+    @abstractmethod
+    def sample(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``(inputs, targets)``: float32 inputs ``[B, T, input_size]`` and int64 targets."""
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sequence task loss ``[...]``: the mean over that sequence's classifications."""
+
+    @abstractmethod
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sequence bool ``[...]``: True only if every target of the sequence is right."""
+
+    @abstractmethod
+    def difficulty(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Per-step int difficulty ``[B, T]`` read from the inputs (0 where a step has no input)."""
+
+    def accuracy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Sequence-level accuracy over all leading dimensions but the last one kept: ``[...]``
+        reduced over the batch axis (``-1`` of ``correct``'s shape)."""
+        return self.correct(logits, targets).float().mean(-1)
