@@ -25,13 +25,11 @@ others go on, and the loop for a token ends when every sample has halted.
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import nn
 
-Cell = Union[nn.RNNCell, nn.GRUCell, nn.LSTMCell]
-State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+Cell = nn.RNNCell | nn.GRUCell | nn.LSTMCell
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def _output(state: State) -> torch.Tensor:
@@ -153,7 +151,7 @@ class ACT(nn.Module):
             r_n = 1.0 - cum_h
             p = torch.where(halts, r_n, torch.where(going_on, h, torch.zeros_like(h)))
             p_col = p.unsqueeze(-1)
-            s_mean = _map(lambda acc, new: acc + p_col * new, s_mean, s_new)
+            s_mean = _map(lambda acc, new, w=p_col: acc + w * new, s_mean, s_new)
             y_mean = y_mean + p_col * y
             remainder = torch.where(halts, r_n, remainder)
             steps = steps + running.long()
@@ -161,7 +159,7 @@ class ACT(nn.Module):
             p_list.append(p)
             # Halted samples keep their last state; they no longer add to the means (p = 0).
             keep = running.unsqueeze(-1)
-            s = _map(lambda old, new: torch.where(keep, new, old), s, s_new)
+            s = _map(lambda old, new, m=keep: torch.where(m, new, old), s, s_new)
             running = going_on
             if not bool(running.any()):
                 break

@@ -8,7 +8,6 @@ Bad input ends with one line on stderr and a non-zero exit status, never a trace
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     from .train import RunError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed on one line
+        return int(e.code or 0)
     try:
         return args.func(args)
     except (ConfigError, RunError) as e:
@@ -135,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ponder: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ once over the repeated sequence and its fused kernels apply. rho = 1 is the plai
 
 from __future__ import annotations
 
-from typing import Union
-
 import torch
 from torch import nn
 
-RNN = Union[nn.RNN, nn.GRU, nn.LSTM]
-State = Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]
+RNN = nn.RNN | nn.GRU | nn.LSTM
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def repeat_tokens(x: torch.Tensor, rho: int) -> torch.Tensor:
@@ -61,9 +59,7 @@ class Repeat(nn.Module):
         self.hidden_size = rnn.hidden_size
         self.input_size = rnn.input_size - 1
 
-    def forward(
-        self, x: torch.Tensor, state: State | None = None
-    ) -> tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(
                 f"Repeat expects x of shape [batch, time, {self.input_size}], got {tuple(x.shape)}"

@@ -70,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``path`` so that a reader sees the old file or the new one, never a half-written one."""
+    """Write ``path`` so that a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -309,9 +309,7 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
                 net.train()
                 x, y = task.sample(config.batch_size, data_gen)
                 logits, info = net(x)
-                loss_seq, task_loss = objective(
-                    task, logits, y, info, tau, config.ponder_loss
-                )
+                loss_seq, task_loss = objective(task, logits, y, info, tau, config.ponder_loss)
                 loss = loss_seq.mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

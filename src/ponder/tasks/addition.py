@@ -75,7 +75,7 @@ class Addition(CategoricalTask):
         shift = (width.unsqueeze(-1) - 1 - out_place).clamp(min=0)
         sum_digit = total.unsqueeze(-1) // pow10[shift] % 10
         targets = torch.where(out_place < width.unsqueeze(-1), sum_digit, END)
-        pass
+        targets[:, 0] = IGNORE
         return inputs, targets
 
     def difficulty(self, inputs: torch.Tensor) -> torch.Tensor:

@@ -35,17 +35,29 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-sequence task loss ``[...]``: the mean over that sequence's classifications."""
+        """Per-sequence task loss ``[...]``: the mean over that sequence's classifications.
+
+        ``logits [..., T, output_size]``; positions whose target is ``IGNORE`` do not count, and a
+        sequence with no target at all has loss 0. Leading dimensions of logits and targets
+        broadcast (e.g. logits ``[K, B, ...]`` against targets ``[B, ...]``).
+        """
 
     @abstractmethod
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per-sequence bool ``[...]``: True only if every target of the sequence is right."""
+        """Per-sequence bool ``[...]``: True only if every target of the sequence is right.
+
+        Positions whose target is ``IGNORE`` are not checked.
+        """
 
     @abstractmethod
     def difficulty(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Per-step int difficulty ``[B, T]`` read from the inputs (0 where a step has no input)."""
+        """Per-step int64 difficulty ``[..., T]`` read from ``inputs [..., T, input_size]``.
+
+        What it counts is task-specific (bits, digits, gates, sequence length); 0 where a step
+        holds no input (padding).
+        """
 
     def accuracy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Sequence-level accuracy over all leading dimensions but the last one kept: ``[...]``
-        reduced over the batch axis (``-1`` of ``correct``'s shape)."""
+        """Fraction of sequences right, averaged over the batch axis (the last axis of
+        ``correct``'s shape): ``[B]`` gives a scalar, ``[K, B]`` gives ``[K]``."""
         return self.correct(logits, targets).float().mean(-1)
