@@ -56,6 +56,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     a("--log-every", type=int, help="steps between logs (default 1000)")
     a("--checkpoint-every", type=int, help="log intervals between checkpoints")
     a("--eval-size", type=int, help="held-out sequences evaluated at every log")
+    a("--solve-window", type=int, help="Savitzky-Golay window of the solve criterion (71)")
     a("--seed", type=int)
     a("--device", help="auto | cpu | cuda")
     a("--stop-when-solved", action="store_const", const=True, default=None)
@@ -110,6 +111,71 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    path = args.grid
+    if not path.exists() and path.suffix == "" and path.name in sweep.builtin_grids():
+        path = sweep.builtin_grid(path.name)
+    overrides = {"device": args.device} if args.device else {}
+    grid = sweep.load_grid(path, seeds=args.seeds, budget=args.budget, progress=False, **overrides)
+    return _run_sweep(grid, args)
+
+
+def _run_sweep(grid: Any, args: argparse.Namespace) -> int:
+    from . import sweep
+
+    result = sweep.sweep(grid, args.out, _executor(args))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items()))
+    print(f"sweep {grid.name}: {counts} -> {args.out}")
+    if not result.all_finished:
+        failed = [n for n, s in result.statuses.items() if s not in ("done", "diverged")]
+        print(f"not finished: {', '.join(failed)} (see error.txt in their directories)")
+    return 0 if result.all_finished else 1
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    from .sweep import LocalExecutor
+
+    return LocalExecutor(jobs=args.jobs)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.dir)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import reproduce
+    from .report import build_report
+
+    tasks_ = ["parity", "addition"] if args.what == "all" else [args.what]
+    if args.quick and tasks_ != ["parity"]:
+        raise ConfigError("--quick reproduces parity only: use `ponder reproduce parity --quick`")
+    code = 0
+    for task in tasks_:
+        out = args.out / task if len(tasks_) > 1 else args.out
+        if args.quick:
+            grid = reproduce.quick_grid()
+            print(f"ponder reproduce {task} --quick: a reduced experiment, "
+                  f"{len(grid.runs)} runs, about 10 minutes on 2 CPU cores")  # fmt: skip
+        else:
+            grid = reproduce.full_grid(task, seeds=args.seeds)
+            print(f"ponder reproduce {task}: the paper's protocol at full scale, "
+                  f"{len(grid.runs)} runs of up to 2,000,000 steps; a GPU is recommended. "
+                  "Measuring throughput...", flush=True)  # fmt: skip
+            hours = reproduce.estimate_hours(grid, args.jobs)
+            print(f"expect up to {hours:,.1f} hours here with --jobs {args.jobs} "
+                  "(less: runs stop once solved); Ctrl-C and re-run resumes", flush=True)  # fmt: skip
+        code = max(code, _run_sweep(grid, args))
+        path = build_report(out, note=grid.note or None)
+        print(f"report: {path}")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ponder", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -118,6 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.add_argument("--out", type=Path, help="run directory (default runs/TASK-MODEL-seedN)")
     p.set_defaults(func=_cmd_train)
+
+    def executor_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--jobs",
+            type=int,
+            default=os.cpu_count() or 1,
+            help="runs trained at once (default: one per CPU core)",
+        )
+
+    p = sub.add_parser("sweep", help="run an experiment grid", description="Run a grid of runs.")
+    p.add_argument("grid", type=Path, help="grid YAML file, or a built-in grid's name")
+    p.add_argument("--out", type=Path, required=True, help="sweep directory")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (grid's, or 5)")
+    p.add_argument("--budget", type=int, help="training steps per run (grid's, or 2,000,000)")
+    p.add_argument("--device", help="auto | cpu | cuda for every run")
+    executor_flags(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="tables and figures of a sweep directory")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("reproduce", help="the paper's tables and figures in one command")
+    p.add_argument("what", choices=["parity", "addition", "all"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quick", action="store_true", help="reduced parity run, ~10 min on a CPU")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default 5)")
+    executor_flags(p)
+    p.set_defaults(func=_cmd_reproduce)
     return parser
 
 

@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")  # headless: reports are built on servers and in CI
+from . import metrics, tasks, train
+from .config import RESUMABLE_FIELDS, TASK_DEFAULTS, RunConfig
+
+matplotlib.use("Agg")  # headless: reports are built on servers and in CI, before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from . import metrics, tasks, train  # noqa: E402
-from .config import RESUMABLE_FIELDS, TASK_DEFAULTS, RunConfig  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"
@@ -145,13 +146,21 @@ class ConfigRow:
     @property
     def label(self) -> str:
         """The paper's name for the row: RNN / LSTM, ACT tau=1e-2, Repeat rho=2."""
-        if self.model == "act":
-            name = f"ACT tau={fmt_tau(self.tau)}"
-        elif self.model == "repeat":
-            name = f"Repeat rho={self.rho}"
-        else:
-            name = self.cell.upper()
+        name = {"act": "ACT ", "repeat": "Repeat "}.get(self.model, "") + self.short_label
         return f"{name} ({self.variant})" if self.variant else name
+
+    @property
+    def short_label(self) -> str:
+        """tau=1e-2, rho=2, or the cell's name for the RNN: a legend entry."""
+        if self.model == "act":
+            return f"tau={fmt_tau(self.tau)}"
+        if self.model == "repeat":
+            return f"rho={self.rho}"
+        return self.cell.upper()
+
+    @property
+    def legend(self) -> str:
+        return f"{self.short_label} ({self.variant})" if self.variant else self.short_label
 
 
 def read_run(run_dir: Path) -> RunResult:
@@ -375,6 +384,11 @@ def _options(options: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in options.items())
 
 
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _status_note(row: ConfigRow) -> str:
     return ", ".join(f"{row.counts[s]} {s}" for s in STATUSES[1:] if row.counts.get(s))
 
@@ -424,6 +438,7 @@ def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
 
 
 def write_csv(rows: list[ConfigRow], path: Path) -> None:
+    """report.csv, written atomically so a reader never sees half a table."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -468,7 +483,6 @@ def reduced_reasons(runs: list[RunResult]) -> list[str]:
 
 def write_markdown(
     rows: list[ConfigRow],
-    runs: list[RunResult],
     figures: list[tuple[str, str]],
     path: Path,
     sweep_dir: Path,
@@ -481,6 +495,7 @@ def write_markdown(
     ``skipped``: sub-directories whose config could not be read; ``left_out``: ACT runs missing
     from the trained-network figures (no checkpoint), one line each.
     """
+    runs = [r for row in rows for r in row.runs]  # in the tables' order
     lines = [f"# ponder report: {sweep_dir.name}", ""]
     if note:
         lines += [note.strip(), ""]
@@ -492,7 +507,8 @@ def write_markdown(
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         + "."
     )
-    lines.append(f"Step budget: {_span([r.config.steps for r in runs], lambda s: f'{s:,}')}.")
+    budget = _span([r.config.steps for r in runs], lambda s: f"{s:,}")
+    lines.append(f"Step budget: {budget} training steps per run.")
     options = dict.fromkeys(f"{r.config.task} ({_options(r.config.task_options)})" for r in runs)
     lines.append(f"Task options: {'; '.join(options)}.")
     reasons = reduced_reasons(runs)
@@ -509,7 +525,7 @@ def write_markdown(
             "logged so far and may still change.",
         ]
     criteria = dict.fromkeys((r.config.solve_window, r.config.solve_threshold) for r in runs)
-    crit = "; ".join(f"window {w} logs, threshold {t:.0%}" for w, t in criteria)
+    crit = "; ".join(f"window of {w} logged points, threshold {t:.0%}" for w, t in criteria)
     lines += [
         "",
         "*solved*: runs whose training accuracy, smoothed with a cubic Savitzky-Golay filter, "
@@ -529,7 +545,7 @@ def write_markdown(
         else:
             lines += ["The Fojo et al. paper has no table for this task.", ""]
         head = ["model", "solved", "steps to 98%", "held-out", "average repetitions", "mean N"]
-        head += ["runs not done"]
+        head += ["diverged / failed / unfinished"]
         if has_paper:
             head += ["paper: solved", "paper: steps to 98%", "paper: average repetitions"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -547,13 +563,14 @@ def write_markdown(
                 _status_note(row),
             ]
             if has_paper:
-                cells += list(row.paper)
-            lines.append("| " + " | ".join(cells) + " |")
+                na = row.paper[0].startswith("n/a")  # said once, not in all three columns
+                cells += [row.paper[0], "", ""] if na else list(row.paper)
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
 
     if figures:
         lines += ["", "## Figures", ""]
         for rel, caption in figures:
-            lines += [f"{caption}", "", f"![{caption}]({rel})", ""]
+            lines += [f"*{caption}*", "", f"![{caption}]({rel})", ""]
     if left_out:
         lines += ["", "Left out of the trained-network figures: " + "; ".join(left_out) + "."]
 
@@ -565,10 +582,9 @@ def write_markdown(
             last = int(r.steps[-1]) if len(r.steps) else 0
             status = f"{r.status}: {r.error}" if r.error else r.status
             reps = "-" if r.repetitions is None else f"{r.repetitions:.2f}"
-            lines.append(
-                f"| {r.path.name} | {r.config.seed} | {status} | {last:,} | "
-                f"{fmt_steps(r.steps_to_solve)} | {fmt_steps(r.eval_steps_to_solve)} | {reps} |"
-            )
+            cells = [r.path.name, str(r.config.seed), status, f"{last:,}"]
+            cells += [fmt_steps(r.steps_to_solve), fmt_steps(r.eval_steps_to_solve), reps]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if skipped:
         lines += ["", "Not read (unreadable config.yaml):", ""]
         lines += [f"- {s}" for s in skipped]
@@ -614,6 +630,11 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # no empty legend (and no warning) without lines
+        ax.legend(fontsize="small")
+
+
 def _colors(n: int) -> list:
     return [plt.get_cmap("viridis")(x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
 
@@ -629,18 +650,18 @@ def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path) -> bool:
         2, 1, sharex=True, figsize=(8, 7), gridspec_kw={"height_ratios": [2, 1]}
     )
     for row, color in zip(act, _colors(len(act)), strict=True):
-        _plot_band(top, [_smoothed(r, r.accuracy) for r in row.runs], row.label[4:], color)
-        _plot_band(bottom, [_smoothed(r, r.ponder) for r in row.runs], row.label[4:], color)
+        _plot_band(top, [_smoothed(r, r.accuracy) for r in row.runs], row.legend, color)
+        _plot_band(bottom, [_smoothed(r, r.ponder) for r in row.runs], row.legend, color)
     for row in plain:
         label = "no ACT" + (f" ({row.variant})" if row.variant else "")
         _plot_band(top, [_smoothed(r, r.accuracy) for r in row.runs], label, "black")
     top.set_title(f"{task}: ACT, median over seeds (band: 25th-75th percentile), smoothed")
     top.set_ylabel("training accuracy")
-    top.legend(fontsize="small")
+    _legend(top)
     top.grid(alpha=0.3)
     bottom.set_xlabel("training step")
     bottom.set_ylabel(PONDER_LABEL)
-    bottom.legend(fontsize="small")
+    _legend(bottom)
     bottom.grid(alpha=0.3)
     _save(fig, path)
     return True
@@ -655,13 +676,12 @@ def plot_accuracy_rho(rows: list[ConfigRow], task: str, path: Path) -> bool:
     lines = [r for r in rows if r.task == task and r.model == "rnn"] + repeat
     fig, ax = plt.subplots(figsize=(8, 5))
     for row, color in zip(lines, _colors(len(lines)), strict=True):
-        label = f"rho=1 ({row.cell.upper()})" if row.model == "rnn" else f"rho={row.rho}"
-        label += f" ({row.variant})" if row.variant else ""
+        label = f"rho=1 ({row.legend})" if row.model == "rnn" else row.legend
         _plot_band(ax, [_smoothed(r, r.accuracy) for r in row.runs], label, color)
     ax.set_title(f"{task}: Repeat-RNN, median over seeds (band: 25th-75th percentile), smoothed")
     ax.set_xlabel("training step")
     ax.set_ylabel("training accuracy")
-    ax.legend(fontsize="small")
+    _legend(ax)
     ax.grid(alpha=0.3)
     _save(fig, path)
     return True
@@ -701,7 +721,7 @@ def plot_ponder_position(
         positions = np.arange(1, pooled.shape[1] + 1)
         ax.boxplot(list(pooled.T), positions=positions, flierprops={"markersize": 2})
         ax.set_xticks(positions, [str(p) for p in positions])
-        ax.set_title(f"{row.label[4:]}, {len(ponders)} seed(s)", fontsize="medium")
+        ax.set_title(f"{row.legend}, {len(ponders)} seed(s) pooled", fontsize="medium")
         ax.set_xlabel("input position")
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel(PONDER_LABEL)
@@ -733,13 +753,17 @@ def plot_ponder_difficulty(
             levels = np.unique(difficulty[difficulty > 0])  # 0: a step without input
             means = np.array([ponder[difficulty == d].mean() for d in levels])
             curves.append((levels, means))
+        curves = [c for c in curves if len(c[0])]
+        if not curves:
+            continue
         x, mid, lo, hi = _band(curves)
-        ax.plot(x, mid, marker="o", ms=3, color=color, label=row.label[4:])
+        ax.plot(x, mid, marker="o", ms=3, color=color, label=row.legend)
         ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
     ax.set_title(f"{task}: trained ACT's ponder against input difficulty (median over seeds)")
     ax.set_xlabel(DIFFICULTY_LABEL.get(task, "difficulty"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(f"mean {PONDER_LABEL}")
-    ax.legend(fontsize="small")
+    _legend(ax)
     ax.grid(alpha=0.3)
     _save(fig, path)
     return True
@@ -775,7 +799,7 @@ def build_figures(
 
     probes: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
     for row in rows:
-        if row.model != "act":
+        if row.model != "act" or difficulty_samples < 1:
             continue
         for r in row.runs:
             if not (r.path / train.CHECKPOINT).exists():
@@ -815,7 +839,8 @@ def build_report(
     """Write report.md, report.csv and figures/ in ``sweep_dir``; returns report.md's path.
 
     ``difficulty_samples`` fresh sequences, drawn from a CPU generator seeded with
-    ``generator_seed``, probe each trained ACT network for the ponder figures. ``note`` is free
+    ``generator_seed``, probe each trained ACT network for the ponder figures (0: no such
+    figures, a quick report). ``note`` is free
     text put at the top of report.md. Raises ``train.RunError`` if the directory does not exist
     or holds no run.
     """
@@ -825,5 +850,5 @@ def build_report(
     write_csv(rows, sweep_dir / REPORT_CSV)
     figures, left_out = build_figures(rows, sweep_dir, difficulty_samples, generator_seed)
     path = sweep_dir / REPORT_MD
-    write_markdown(rows, runs, figures, path, sweep_dir, note, skipped, left_out)
+    write_markdown(rows, figures, path, sweep_dir, note, skipped, left_out)
     return path

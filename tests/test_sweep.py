@@ -1,0 +1,170 @@
+"""Grids, run naming, skipping and resuming, failures, and the `ponder sweep` command."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ponder import sweep, train
+from ponder.cli import main
+from ponder.config import ConfigError
+
+GRID = """
+name: tiny
+base:
+  task: parity
+  task_options: {bits: 4}
+  hidden: 8
+  batch_size: 16
+  log_every: 10
+  eval_size: 32
+  device: cpu
+seeds: 2
+budget: 40
+stop_when_solved: false
+axes:
+  - {model: rnn}
+  - {model: act, tau: [0.1, 0.01]}
+  - {model: repeat, rho: [2, 3]}
+"""
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(GRID)
+    return path
+
+
+def test_expansion_and_names(grid_file):
+    grid = sweep.load_grid(grid_file)
+    names = [r.name for r in grid.runs]
+    assert names == [
+        "rnn-seed0", "rnn-seed1", "act-tau0.1-seed0", "act-tau0.1-seed1",
+        "act-tau0.01-seed0", "act-tau0.01-seed1", "repeat-rho2-seed0", "repeat-rho2-seed1",
+        "repeat-rho3-seed0", "repeat-rho3-seed1",
+    ]  # fmt: skip
+    by_name = {r.name: r.config for r in grid.runs}
+    assert by_name["act-tau0.01-seed1"].tau == 0.01 and by_name["act-tau0.01-seed1"].seed == 1
+    assert by_name["repeat-rho3-seed0"].rho == 3
+    assert all(c.steps == 40 and c.hidden == 8 for c in by_name.values())
+    more = sweep.load_grid(grid_file, seeds=3, budget=100)
+    assert len(more.runs) == 15 and more.runs[0].config.steps == 100
+
+
+def test_nested_axes_and_extra_names(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "base: {task: parity}\nseeds: 1\n"
+        "axes:\n  - {model: act, tau: [0.01], task_options: {bits: [8, 16]}, cell: [rnn, gru]}\n"
+    )
+    names = [r.name for r in sweep.load_grid(path).runs]
+    assert names == [
+        "act-tau0.01-bits8-cellrnn-seed0", "act-tau0.01-bits8-cellgru-seed0",
+        "act-tau0.01-bits16-cellrnn-seed0", "act-tau0.01-bits16-cellgru-seed0",
+    ]  # fmt: skip
+
+
+def test_builtin_grids_load():
+    for name in ("parity-table", "addition-table", "parity-tau", "addition-tau", "parity-rho",
+                 "addition-rho"):  # fmt: skip
+        grid = sweep.load_grid(sweep.builtin_grid(name))
+        assert all(r.config.steps == 2_000_000 and r.config.stop_when_solved for r in grid.runs)
+    table = sweep.load_grid(sweep.builtin_grid("parity-table"))
+    assert len(table.runs) == 9 * 5
+    assert {r.config.hidden for r in table.runs} == {128}
+    addition = sweep.load_grid(sweep.builtin_grid("addition-table"))
+    assert {(r.config.cell, r.config.hidden, r.config.batch_size) for r in addition.runs} == {
+        ("lstm", 512, 32)
+    }
+    rho = sweep.load_grid(sweep.builtin_grid("parity-rho"), seeds=1)
+    assert sorted(r.config.rho for r in rho.runs if r.config.model == "repeat") == list(
+        range(2, 13)
+    )
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("axes: [{model: act}]\nbogus: 1\n", "unknown key"),
+        ("axes: []\n", "axes must be a non-empty list"),
+        ("axes: [{model: act, tau: []}]\n", "axis tau is empty"),
+        ("axes: [{model: act, tau: [fast]}]\n", "tau must be float"),
+        ("axes: [{model: act, hidden: 0}]\n", "hidden must be >= 1"),
+        ("seeds: two\naxes: [{model: act}]\n", "seeds must be a positive integer"),
+        ("axes: [{model: act, colour: [1]}]\n", "unknown config key"),
+        ("axes: [5]\n", "must be a non-empty mapping"),
+        ("axes: [{model: act}\n", "not valid YAML"),
+    ],
+)
+def test_bad_grids(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        sweep.load_grid(path)
+
+
+def test_missing_grid_file_is_one_line(tmp_path, capsys):
+    assert main(["sweep", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err
+
+
+def test_skip_finished_and_failures_do_not_stop_others(grid_file, tmp_path, monkeypatch):
+    grid = sweep.load_grid(grid_file, seeds=1)
+    out = tmp_path / "s"
+    real = train.run
+
+    def fails_for_rho3(config, run_dir):
+        if config.model == "repeat" and config.rho == 3:
+            raise RuntimeError("boom")
+        return real(config, run_dir)
+
+    monkeypatch.setattr(train, "run", fails_for_rho3)
+    result = sweep.sweep(grid, out, sweep.InlineExecutor(), progress=False)
+    assert result.statuses["repeat-rho3-seed0"] == "failed"
+    assert not result.all_finished
+    assert sum(s == "done" for s in result.statuses.values()) == 4
+    assert "boom" in (out / "repeat-rho3-seed0" / "error.txt").read_text()
+
+    monkeypatch.setattr(train, "run", real)
+    stamps = {n: (out / n / "summary.json").stat().st_mtime_ns for n in result.statuses
+              if result.statuses[n] == "done"}  # fmt: skip
+    again = sweep.sweep(grid, out, sweep.InlineExecutor(), progress=False)
+    assert again.all_finished
+    assert not (out / "repeat-rho3-seed0" / "error.txt").exists()
+    for n, stamp in stamps.items():  # finished runs were skipped, not retrained
+        assert (out / n / "summary.json").stat().st_mtime_ns == stamp
+
+
+def _rows(d):
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in train.read_metrics(d)]
+
+
+def test_sweep_killed_midway_resumes_to_the_same_result(tmp_path):
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        GRID.replace("tau: [0.1, 0.01]", "tau: [0.1]").replace("rho: [2, 3]", "rho: [2]")
+    )
+    cmd = [sys.executable, "-m", "ponder.cli", "sweep", str(small), "--seeds", "1",
+           "--budget", "150", "--jobs", "2"]  # fmt: skip
+    ref = subprocess.run([*cmd, "--out", str(tmp_path / "ref")], capture_output=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr.decode()[-2000:]
+
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*/checkpoint.pt")):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, mid-way
+    proc.wait()
+    assert len(list(out.glob("*/summary.json"))) < 3
+    again = subprocess.run([*cmd, "--out", str(out)], capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr.decode()[-2000:]
+    for run in (tmp_path / "ref").glob("*-seed0"):
+        assert _rows(out / run.name) == _rows(run), run.name
+    assert b"3 done" in again.stdout
