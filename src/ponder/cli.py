@@ -8,6 +8,7 @@ Bad input ends with one line on stderr and a non-zero exit status, never a trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,8 +169,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                   f"{len(grid.runs)} runs of up to 2,000,000 steps; a GPU is recommended. "
                   "Measuring throughput...", flush=True)  # fmt: skip
             hours = reproduce.estimate_hours(grid, args.jobs)
-            print(f"expect up to {hours:,.1f} hours here with --jobs {args.jobs} "
-                  "(less: runs stop once solved); Ctrl-C and re-run resumes", flush=True)  # fmt: skip
+            print(f"expect up to {hours:,.1f} hours here with --jobs {args.jobs} (less: runs "
+                  "stop once solved); Ctrl-C and the same command resumes", flush=True)  # fmt: skip
         code = max(code, _run_sweep(grid, args))
         path = build_report(out, note=grid.note or None)
         print(f"report: {path}")
