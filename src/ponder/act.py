@@ -25,6 +25,8 @@ others go on, and the loop for a token ends when every sample has halted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -117,50 +119,67 @@ class ACT(nn.Module):
         if return_probs:
             width = max(p.shape[1] for p in probs)
             info["probs"] = torch.stack(
-                [nn.functional.pad(p, (0, width - p.shape[1])) for p in probs], 1
+                [nn.functional.pad(p, (0, width - p.shape[-1])) for p in probs], 1
             )  # (B, T, max N)
         return torch.stack(outputs, 1), state, info
 
     def _ponder(self, x_t: torch.Tensor, s_prev: State):
-        """One token: ponder until every sample has halted; returns y_t, s_t, N(t), R(t), p_t."""
-        batch = x_t.shape[0]
-        one_minus_eps = 1.0 - self.epsilon
-        flags = x_t.new_zeros(batch, 1)
-        cum_h = x_t.new_zeros(batch)  # sum_{n'<n} h_t^n' (with gradient)
-        running = torch.ones(batch, dtype=torch.bool, device=x_t.device)  # not yet halted
-        steps = torch.zeros(batch, dtype=torch.long, device=x_t.device)  # N(t)
-        remainder = x_t.new_zeros(batch)  # R(t)
-        s_mean = _map(torch.zeros_like, s_prev)  # s_t = sum_n p_t^n s_t^n
-        y_mean = x_t.new_zeros(batch, self.hidden_size)  # y_t = sum_n p_t^n y_t^n
-        p_list = []
-        s = s_prev
-        for n in range(1, self.max_steps + 1):
-            flag = flags + 1.0 if n == 1 else flags  # delta_{n,1}
-            s_new = self.cell(torch.cat([flag, x_t], 1), s)  # s_t^n
-            y = _output(s_new)  # y_t^n
-            h = torch.sigmoid(self.halting(y)).squeeze(-1)  # h_t^n
-            # The test includes h_t^n: sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
-            # or at the cap M.
-            if n == self.max_steps:
-                halts = running
-            else:
-                halts = running & (cum_h + h >= one_minus_eps)
-            going_on = running & ~halts
-            # p_t^n: h_t^n while going on, R(t) = 1 - sum_{n'<n} h when halting, 0 once halted.
-            # The last h_t^N gets no gradient: where() takes 1 - cum_h for halting samples.
-            r_n = 1.0 - cum_h
-            p = torch.where(halts, r_n, torch.where(going_on, h, torch.zeros_like(h)))
-            p_col = p.unsqueeze(-1)
-            s_mean = _map(lambda acc, new, w=p_col: acc + w * new, s_mean, s_new)
-            y_mean = y_mean + p_col * y
-            remainder = torch.where(halts, r_n, remainder)
-            steps = steps + running.long()
-            cum_h = cum_h + torch.where(going_on, h, torch.zeros_like(h))
-            p_list.append(p)
-            # Halted samples keep their last state; they no longer add to the means (p = 0).
-            keep = running.unsqueeze(-1)
-            s = _map(lambda old, new, m=keep: torch.where(m, new, old), s, s_new)
-            running = going_on
-            if not bool(running.any()):
-                break
-        return y_mean, s_mean, steps, remainder, torch.stack(p_list, 1)
+        halt = lambda y: torch.sigmoid(self.halting(y)).squeeze(-1)  # noqa: E731
+        return ponder_token(self.cell, halt, x_t, s_prev, self.epsilon, self.max_steps)
+
+
+def ponder_token(
+    cell: Callable[[torch.Tensor, State], State],
+    halt: Callable[[torch.Tensor], torch.Tensor],
+    x_t: torch.Tensor,
+    s_prev: State,
+    epsilon: float,
+    max_steps: int,
+):
+    """ACT for one token: ponder until every sample has halted.
+
+    ``cell(input, state) -> state`` is S, ``halt(y) -> h`` the halting unit; ``x_t`` is
+    ``[..., features]`` with any leading dims (a batch, or runs x batch for an ensemble).
+    Returns y_t ``[..., hidden]``, s_t, N(t) and R(t) ``[...]`` and p_t ``[..., N]``.
+    """
+    lead = x_t.shape[:-1]
+    one_minus_eps = 1.0 - epsilon
+    flags = x_t.new_zeros(*lead, 1)
+    cum_h = x_t.new_zeros(lead)  # sum_{n'<n} h_t^n' (with gradient)
+    running = torch.ones(lead, dtype=torch.bool, device=x_t.device)  # not yet halted
+    steps = torch.zeros(lead, dtype=torch.long, device=x_t.device)  # N(t)
+    remainder = x_t.new_zeros(lead)  # R(t)
+    s_mean = _map(torch.zeros_like, s_prev)  # s_t = sum_n p_t^n s_t^n
+    y_mean = torch.zeros_like(_output(s_prev))  # y_t = sum_n p_t^n y_t^n
+    p_list = []
+    s = s_prev
+    for n in range(1, max_steps + 1):
+        flag = flags + 1.0 if n == 1 else flags  # delta_{n,1}
+        s_new = cell(torch.cat([flag, x_t], -1), s)  # s_t^n
+        y = _output(s_new)  # y_t^n
+        h = halt(y)  # h_t^n
+        # The test includes h_t^n: a sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
+        # or at the cap M.
+        if n == max_steps:
+            halts = running
+        else:
+            halts = running & (cum_h + h >= one_minus_eps)
+        going_on = running & ~halts
+        # p_t^n: h_t^n while going on, R(t) = 1 - sum_{n'<n} h when halting, 0 once halted.
+        # The last h_t^N gets no gradient: where() takes 1 - cum_h for halting samples.
+        r_n = 1.0 - cum_h
+        p = torch.where(halts, r_n, torch.where(going_on, h, torch.zeros_like(h)))
+        p_col = p.unsqueeze(-1)
+        s_mean = _map(lambda acc, new, w=p_col: acc + w * new, s_mean, s_new)
+        y_mean = y_mean + p_col * y
+        remainder = torch.where(halts, r_n, remainder)
+        steps = steps + running.long()
+        cum_h = cum_h + torch.where(going_on, h, torch.zeros_like(h))
+        p_list.append(p)
+        # Halted samples keep their last state; they no longer add to the means (p = 0).
+        keep = running.unsqueeze(-1)
+        s = _map(lambda old, new, m=keep: torch.where(m, new, old), s, s_new)
+        running = going_on
+        if not bool(running.any()):  # the one host sync per ponder step
+            break
+    return y_mean, s_mean, steps, remainder, torch.stack(p_list, -1)

@@ -230,6 +230,110 @@ def _rewrite_metrics(out_dir: Path, rows: list[dict[str, float]]) -> None:
     atomic_write(out_dir / METRICS, buf.getvalue())
 
 
+class Recorder:
+    """A run directory while it trains: resume point, metrics, TensorBoard, checkpoints, summary.
+
+    Both the single-run loop below and the batched ensemble use it, so a run directory looks
+    the same (and resumes the same) whichever trained it.
+    """
+
+    def __init__(self, config: RunConfig, out_dir: str | Path) -> None:
+        self.config, self.dir = config, Path(out_dir)
+        _prepare_dir(config, self.dir)
+        self.curve = Curve()
+        self.last: dict[str, float] | None = None
+        self.extra: dict[str, Any] = {"diverged": False, "stopped_when_solved": False}
+        self.t0 = time.perf_counter()
+        self.ckpt_step = -1
+        self._csv = self._tb = None
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary of a run that has nothing left to do, else None."""
+        done, c = read_summary(self.dir), self.config
+        if done is not None and (
+            done.get("diverged")
+            or done["step"] >= c.steps
+            or (c.stop_when_solved and done.get("stopped_when_solved"))
+        ):
+            return done
+        return None
+
+    def resume(self) -> dict[str, Any] | None:
+        """The last checkpoint (None for a fresh run); drops the rows logged after it."""
+        path, rows, ckpt = self.dir / CHECKPOINT, read_metrics(self.dir), None
+        if path.exists():
+            ckpt = load_checkpoint(path)
+        elif rows and rows[-1]["step"] >= self.config.log_every * self.config.checkpoint_every:
+            raise RunError(
+                f"{self.dir} has metrics up to step {rows[-1]['step']} but its checkpoint is "
+                "missing; move the directory away to restart the run"
+            )
+        step = int(ckpt["step"]) if ckpt else 0
+        rows = [r for r in rows if r["step"] <= step]  # what came after the checkpoint is redone
+        _rewrite_metrics(self.dir, rows)
+        for r in rows:
+            self.curve.add(r)
+        self.last = rows[-1] if rows else None
+        self.t0 = time.perf_counter() - (float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0)
+        self.ckpt_step = step
+        from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
+
+        self._file = (self.dir / METRICS).open("a", newline="")
+        self._csv = csv.DictWriter(self._file, COLUMNS, extrasaction="ignore", lineterminator="\n")
+        self._tb = SummaryWriter(str(self.dir), purge_step=step + 1 if step else None)
+        return ckpt
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def log(self, row: dict[str, float]) -> bool:
+        """Record one log row; True when the run should now stop (solved and decided)."""
+        self._csv.writerow(row)
+        self._file.flush()
+        for k in COLUMNS[1:]:
+            self._tb.add_scalar(k, row[k], row["step"])
+        self.curve.add(row)
+        self.last = row
+        if self.config.stop_when_solved and self.curve.decided(self.config):
+            self.extra["stopped_when_solved"] = True
+            return True
+        return False
+
+    def checkpoint_due(self, step: int) -> bool:
+        c = self.config
+        return step % c.log_every == 0 and (step // c.log_every) % c.checkpoint_every == 0
+
+    def save(self, model: dict, optimizer: dict, data_rng: torch.Tensor, step: int) -> None:
+        state = {
+            "model": model,
+            "optimizer": optimizer,
+            "step": step,
+            "data_rng": data_rng,
+            "elapsed_s": self.elapsed(),
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write(self.dir / CHECKPOINT, buf.getvalue())
+        self.ckpt_step = step
+
+    def diverged(self, step: int) -> None:
+        self.extra.update(diverged=True, diverged_near_step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._file.close()
+            self._tb.close()
+            self._tb = None
+
+    def finish(self) -> dict[str, Any]:
+        """Write summary.json (atomically) and return it."""
+        self.close()
+        extra = {**self.extra, "elapsed_s": self.elapsed(), "finished": True}
+        summary = _summary(self.config, self.curve, self.last, **extra)
+        atomic_write(self.dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
 def _summary(config: RunConfig, curve: Curve, last: dict[str, float] | None, **extra) -> dict:
     stp = curve.steps_to_solve(config)
     last = last or {}
@@ -253,15 +357,9 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     A run that already finished returns its summary untouched. ``summary["diverged"]`` is True
     when the loss became NaN or infinite; the run then stops at the log step that saw it.
     """
-    out_dir = Path(out_dir)
     device = resolve_device(config.device)
-    _prepare_dir(config, out_dir)
-    done = read_summary(out_dir)
-    if done is not None and (
-        done.get("diverged")
-        or done["step"] >= config.steps
-        or (config.stop_when_solved and done.get("stopped_when_solved"))
-    ):
+    rec = Recorder(config, out_dir)
+    if (done := rec.finished()) is not None:
         return done
 
     task, spec = build(config)
@@ -269,104 +367,79 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     net = build_model(spec, config.init, init_gen).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
     data_gen = torch.Generator(device).manual_seed(derive_seed(config.seed, "data"))
-    eval_gen = torch.Generator(device).manual_seed(config.eval_seed)
-    eval_x, eval_y = task.sample(config.eval_size, eval_gen)  # the same held-out set every log
-
+    eval_x, eval_y = eval_set(task, config, device)
     tau = config.tau if config.model == "act" else 0.0  # a fixed ponder cost is no penalty
-    step, elapsed = 0, 0.0
-    ckpt_path = out_dir / CHECKPOINT
-    rows = read_metrics(out_dir)
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
+
+    ckpt = rec.resume()
+    step = 0
+    if ckpt is not None:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         data_gen.set_state(ckpt["data_rng"].to(data_gen.get_state().device))
-        step, elapsed = int(ckpt["step"]), float(ckpt.get("elapsed_s", 0.0))
-    elif rows and rows[-1]["step"] >= config.log_every * config.checkpoint_every:
-        raise RunError(
-            f"{out_dir} has metrics up to step {rows[-1]['step']} but its checkpoint is missing; "
-            "move the directory away to restart the run"
-        )
-    rows = [r for r in rows if r["step"] <= step]  # what comes after the checkpoint is redone
-    _rewrite_metrics(out_dir, rows)
-    curve = Curve()
-    for r in rows:
-        curve.add(r)
-
-    from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
-
-    writer = SummaryWriter(str(out_dir), purge_step=step + 1 if step else None)
-    summary_extra: dict[str, Any] = {"diverged": False, "stopped_when_solved": False}
-    bar = _progress(config, step, out_dir)
+        step = int(ckpt["step"])
+    bar = _progress(config, step, rec.dir)
     window = torch.zeros(len(WINDOW), device=device)
-    last = rows[-1] if rows else None
-    t0 = time.perf_counter() - elapsed
-    log_step = ckpt_step = step  # the window and the checkpoint start where the run resumes
+    log_step = step  # the window starts where the run resumes
     try:
-        with (out_dir / METRICS).open("a", newline="") as mfile:
-            mwriter = csv.DictWriter(mfile, COLUMNS, extrasaction="ignore", lineterminator="\n")
-            while step < config.steps:
-                net.train()
-                x, y = task.sample(config.batch_size, data_gen)
-                logits, info = net(x)
-                loss_seq, task_loss = objective(task, logits, y, info, tau, config.ponder_loss)
-                loss = loss_seq.mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                with torch.no_grad():
-                    window += torch.stack([
-                        loss.detach(), info["ponder_cost"].mean(), info["steps"].mean(),
-                        info["paper_ponder"].mean(), (~torch.isfinite(loss)).float(),
-                    ])  # fmt: skip
-                bar.update(1)
-                if step % config.log_every and step != config.steps:
-                    continue
-                # ---- log step: the only place that moves numbers to the host
-                means = dict(zip(WINDOW, (window / (step - log_step)).tolist(), strict=True))
-                log_step = step
-                window.zero_()
-                if means["nonfinite"] > 0:
-                    summary_extra.update(diverged=True, diverged_near_step=step)
-                    break
-                row = {
-                    "step": step,
-                    "loss": means["loss"],
-                    "task_loss": float(task_loss.detach().mean()),
-                    "train_accuracy": float(task.accuracy(logits.detach(), y)),
-                    "ponder": means["ponder"],
-                    "steps": means["steps"],
-                    "paper_ponder": means["paper_ponder"],
-                    **_evaluate(net, task, eval_x, eval_y),
-                    "elapsed_s": time.perf_counter() - t0,
-                }
-                mwriter.writerow(row)
-                mfile.flush()
-                for k in COLUMNS[1:]:
-                    writer.add_scalar(k, row[k], step)
-                curve.add(row)
-                last = row
-                bar.set_postfix(
-                    loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",
-                    eval=f"{row['eval_accuracy']:.3f}", ponder=f"{row['ponder']:.2f}",
-                )  # fmt: skip
-                solved_now = config.stop_when_solved and curve.decided(config)
-                if (step // config.log_every) % config.checkpoint_every == 0 or solved_now:
-                    _save_checkpoint(ckpt_path, net, opt, data_gen, step, row["elapsed_s"])
-                    ckpt_step = step
-                if solved_now:
-                    summary_extra["stopped_when_solved"] = True
-                    break
-        if not summary_extra["diverged"] and ckpt_step != step:
-            _save_checkpoint(ckpt_path, net, opt, data_gen, step, time.perf_counter() - t0)
+        while step < config.steps:
+            net.train()
+            x, y = task.sample(config.batch_size, data_gen)
+            logits, info = net(x)
+            loss_seq, task_loss = objective(task, logits, y, info, tau, config.ponder_loss)
+            loss = loss_seq.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                window += window_terms(loss.detach(), info)
+            bar.update(1)
+            if step % config.log_every and step != config.steps:
+                continue
+            # ---- log step: the only place that moves numbers to the host
+            means = dict(zip(WINDOW, (window / (step - log_step)).tolist(), strict=True))
+            log_step = step
+            window.zero_()
+            if means["nonfinite"] > 0:
+                rec.diverged(step)
+                break
+            row = {
+                "step": step,
+                **{k: means[k] for k in ("loss", "ponder", "steps", "paper_ponder")},
+                "task_loss": float(task_loss.detach().mean()),
+                "train_accuracy": float(task.accuracy(logits.detach(), y)),
+                **_evaluate(net, task, eval_x, eval_y),
+                "elapsed_s": rec.elapsed(),
+            }
+            stop = rec.log(row)
+            bar.set_postfix(
+                loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",
+                eval=f"{row['eval_accuracy']:.3f}", ponder=f"{row['ponder']:.2f}",
+            )  # fmt: skip
+            if rec.checkpoint_due(step) or stop:
+                rec.save(net.state_dict(), opt.state_dict(), data_gen.get_state(), step)
+            if stop:
+                break
+        if not rec.extra["diverged"] and rec.ckpt_step != step:
+            rec.save(net.state_dict(), opt.state_dict(), data_gen.get_state(), step)
     finally:
         bar.close()
-        writer.close()
-    elapsed = time.perf_counter() - t0
-    summary = _summary(config, curve, last, **summary_extra, elapsed_s=elapsed, finished=True)
-    atomic_write(out_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
-    return summary
+        rec.close()
+    return rec.finish()
+
+
+def eval_set(task: tasks.Task, config: RunConfig, device: torch.device):
+    """The held-out set: the same for every run and every log, from its own seed."""
+    return task.sample(config.eval_size, torch.Generator(device).manual_seed(config.eval_seed))
+
+
+def window_terms(loss: torch.Tensor, info: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[..., len(WINDOW)]``: this step's loss, ponder, N, paper ponder and a not-finite flag
+    (per run for an ensemble's ``[K]`` loss)."""
+    lead = loss.dim()
+    mean = lambda t: t.flatten(lead).mean(-1)  # noqa: E731  (over batch and time)
+    terms = [loss, mean(info["ponder_cost"]), mean(info["steps"]), mean(info["paper_ponder"])]
+    return torch.stack([*terms, (~torch.isfinite(loss)).to(loss.dtype)], -1)
 
 
 @torch.no_grad()
@@ -377,21 +450,6 @@ def _evaluate(net: PonderNet, task: tasks.Task, x: torch.Tensor, y: torch.Tensor
         "eval_accuracy": float(task.accuracy(logits, y)),
         "eval_ponder": float(info["ponder_cost"].mean()),
     }
-
-
-def _save_checkpoint(path, net, opt, data_gen, step: int, elapsed: float) -> None:
-    buf = io.BytesIO()
-    torch.save(
-        {
-            "model": net.state_dict(),
-            "optimizer": opt.state_dict(),
-            "step": step,
-            "data_rng": data_gen.get_state(),
-            "elapsed_s": elapsed,
-        },
-        buf,
-    )
-    atomic_write(path, buf.getvalue())
 
 
 def _progress(config: RunConfig, step: int, out_dir: Path):

@@ -1,0 +1,331 @@
+"""Many runs as one model: every parameter carries a leading run dimension K.
+
+These networks are tiny, so one training step is bound by kernel launches and host syncs, not
+by arithmetic. Training K runs that share shapes (the seeds of a configuration, the tau values of
+ACT) as one model with batched matmuls costs about as many launches as one run. Each member is
+the same computation as the single run with its seed: its own initial weights (drawn exactly as
+``train.run`` draws them), its own data generator, its own tau and its own Adam state (Adam is
+elementwise, so one Adam over stacked parameters is K independent Adams).
+
+The recurrences are written with batched matmuls over ``[K, B, ...]``; ACT's halting loop is
+``act.ponder_token`` itself, run over runs x samples, so the loop for a token ends when every
+sample of every run has halted. Each member reads and writes its own run directory through
+``train.Recorder``: the same metrics, checkpoints (in the single-run format, so either engine
+can resume them) and summary as a single run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import train
+from .act import ponder_token
+from .config import RunConfig
+from .models import ModelSpec, PonderNet, build_model
+from .repeat import repeat_tokens
+
+# The fields that may differ between members of one ensemble; all others must be equal.
+MEMBER_FIELDS = ("seed", "tau", "steps", "stop_when_solved", "progress")
+
+
+def group_key(config: RunConfig) -> tuple:
+    """Runs with the same key can train as one ensemble."""
+    d = config.to_dict()
+    for k in MEMBER_FIELDS:
+        d.pop(k)
+    if config.model != "act":
+        d["tau"] = None
+    return tuple(sorted((k, repr(v)) for k, v in d.items()))
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-run ``x @ w.T + b``: x ``[K, ..., I]``, w ``[K, O, I]``, b ``[K, O]``."""
+    k = x.shape[0]
+    flat = x.reshape(k, -1, x.shape[-1])  # (K, N, I)
+    out = torch.baddbmm(b.unsqueeze(1), flat, w.transpose(1, 2))  # (K, N, O)
+    return out.reshape(*x.shape[:-1], w.shape[1])
+
+
+def _cell_update(kind: str, gi: torch.Tensor, gh: torch.Tensor, state):
+    """PyTorch's RNN/GRU/LSTM cell equations from the input part gi and hidden part gh."""
+    if kind == "rnn":
+        return torch.tanh(gi + gh)
+    if kind == "lstm":
+        _, c = state
+        i, f, g, o = (gi + gh).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    r_i, z_i, n_i = gi.chunk(3, -1)  # gru
+    r_h, z_h, n_h = gh.chunk(3, -1)
+    r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
+    n = torch.tanh(n_i + r * n_h)
+    return (1 - z) * n + z * state
+
+
+class Ensemble(nn.Module):
+    """K networks of one ``ModelSpec`` as one module: ``logits, info = ens(x)`` with x
+    ``[K, B, T, input_size]``, logits ``[K, B, T, output_size]`` and info ``[K, B, T]``.
+
+    Parameters keep ``PonderNet``'s names (dots as ``__``) with a leading K dimension, so a
+    member's slice is a ``PonderNet`` state dict (``member_state_dict``).
+    """
+
+    def __init__(self, nets: list[PonderNet]) -> None:
+        super().__init__()
+        self.spec: ModelSpec = nets[0].spec
+        if any(n.spec != self.spec for n in nets):
+            raise ValueError("ensemble members must share one ModelSpec")
+        self.k = len(nets)
+        self.names = [name for name, _ in nets[0].named_parameters()]
+        members = [dict(n.named_parameters()) for n in nets]
+        self.params = nn.ParameterDict(
+            {
+                name.replace(".", "__"): nn.Parameter(
+                    torch.stack([m[name].detach() for m in members])
+                )
+                for name in self.names
+            }
+        )
+        self.rho = self.spec.rho if self.spec.model == "repeat" else 1
+
+    def p(self, name: str) -> torch.Tensor:
+        return self.params[name.replace(".", "__")]
+
+    def ordered_parameters(self) -> list[nn.Parameter]:
+        """The parameters in ``PonderNet``'s order (the optimizer state is indexed by it)."""
+        return [self.p(name) for name in self.names]
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        return {name: self.p(name)[k].detach().clone() for name in self.names}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.spec.model == "act":
+            y, info = self._act(x)
+        else:
+            y, info = self._repeat(x)
+        return _linear(y, self.p("readout.weight"), self.p("readout.bias")), info
+
+    def _weights(self, prefix: str, suffix: str = ""):
+        return [
+            self.p(f"{prefix}.{w}{suffix}")
+            for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ]
+
+    def _zero_state(self, x: torch.Tensor):
+        h = x.new_zeros(*x.shape[:2], self.spec.hidden)  # (K, B, H)
+        return (h, h.clone()) if self.spec.cell == "lstm" else h
+
+    def _repeat(self, x: torch.Tensor):
+        k, b, t, f = x.shape
+        w_ih, w_hh, b_ih, b_hh = self._weights("core.rnn", "_l0")
+        xr = repeat_tokens(x.reshape(k * b, t, f), self.rho).view(k, b, t * self.rho, f + 1)
+        gi_all = _linear(xr, w_ih, b_ih)  # (K, B, T*rho, G*H): all input projections at once
+        state = self._zero_state(x)
+        outs = []
+        for i in range(t * self.rho):
+            h = state[0] if isinstance(state, tuple) else state
+            state = _cell_update(self.spec.cell, gi_all[:, :, i], _linear(h, w_hh, b_hh), state)
+            if i % self.rho == self.rho - 1:
+                outs.append(state[0] if isinstance(state, tuple) else state)
+        y = torch.stack(outs, 2)  # (K, B, T, H)
+        fixed = torch.full((k, b, t), float(self.rho), device=x.device, dtype=x.dtype)
+        return y, {"steps": fixed, "ponder_cost": fixed, "paper_ponder": fixed}
+
+    def _act(self, x: torch.Tensor):
+        w_ih, w_hh, b_ih, b_hh = self._weights("core.cell")
+        w_halt, b_halt = self.p("core.halting.weight"), self.p("core.halting.bias")
+
+        def cell(inp, state):
+            h = state[0] if isinstance(state, tuple) else state
+            return _cell_update(
+                self.spec.cell, _linear(inp, w_ih, b_ih), _linear(h, w_hh, b_hh), state
+            )
+
+        def halt(y):
+            return torch.sigmoid(_linear(y, w_halt, b_halt)).squeeze(-1)
+
+        state = self._zero_state(x)
+        outs, steps, rems = [], [], []
+        for t in range(x.shape[2]):
+            y, state, n_t, r_t, _ = ponder_token(
+                cell, halt, x[:, :, t], state, self.spec.epsilon, self.spec.max_ponder
+            )
+            outs.append(y)
+            steps.append(n_t)
+            rems.append(r_t)
+        n = torch.stack(steps, 2).to(x.dtype)  # (K, B, T)
+        r = torch.stack(rems, 2)
+        info = {"steps": n, "ponder_cost": n + r, "paper_ponder": n - 1.0 + r.detach()}
+        return torch.stack(outs, 2), info
+
+
+def stack_optimizer_states(ens: Ensemble, states: list[dict]) -> dict:
+    """Single-run Adam state dicts (PonderNet parameter order) -> one for the ensemble."""
+    stacked = {}
+    for i in range(len(ens.names)):
+        per = [s["state"][i] for s in states]
+        stacked[i] = {
+            "step": per[0]["step"].clone(),
+            "exp_avg": torch.stack([p["exp_avg"] for p in per]),
+            "exp_avg_sq": torch.stack([p["exp_avg_sq"] for p in per]),
+        }
+    return {"state": stacked, "param_groups": states[0]["param_groups"]}
+
+
+def member_optimizer_state(opt_state: dict, k: int) -> dict:
+    """The ensemble's Adam state dict -> member k's, as the single run would have saved it."""
+    state = {
+        i: {
+            "step": s["step"].clone(),
+            "exp_avg": s["exp_avg"][k].clone(),
+            "exp_avg_sq": s["exp_avg_sq"][k].clone(),
+        }
+        for i, s in opt_state["state"].items()
+    }
+    return {"state": state, "param_groups": opt_state["param_groups"]}
+
+
+def run_group(configs: list[RunConfig], run_dirs: list[Path]) -> list[dict[str, Any]]:
+    """Train runs that share a ``group_key`` as one ensemble; returns their summaries.
+
+    Members that already finished are left alone; members must resume from the same step
+    (as they do when they were trained together), else they train one after another.
+    """
+    if len({group_key(c) for c in configs}) != 1:
+        raise ValueError("run_group: the configs differ in more than seed and tau")
+    recs = [train.Recorder(c, d) for c, d in zip(configs, run_dirs, strict=True)]
+    todo = [i for i, r in enumerate(recs) if r.finished() is None]
+    summaries: list[dict[str, Any] | None] = [r.finished() for r in recs]
+    if not todo:
+        return summaries  # type: ignore[return-value]
+    ckpts = [recs[i].resume() for i in todo]
+    steps = {int(c["step"]) if c else 0 for c in ckpts}
+    if len(steps) > 1:  # trained apart before: resume each on its own
+        for i in todo:
+            recs[i].close()
+            summaries[i] = train.run(configs[i], run_dirs[i])
+        return summaries  # type: ignore[return-value]
+    members = [configs[i] for i in todo]
+    for i, s in zip(
+        todo, _train(members, [recs[i] for i in todo], ckpts, steps.pop()), strict=True
+    ):
+        summaries[i] = s
+    return summaries  # type: ignore[return-value]
+
+
+def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
+    c0 = configs[0]
+    k = len(configs)
+    device = train.resolve_device(c0.device)
+    task, spec = train.build(c0)
+    nets = [
+        build_model(spec, c.init, torch.Generator().manual_seed(train.derive_seed(c.seed, "init")))
+        for c in configs
+    ]
+    for net, ckpt in zip(nets, ckpts, strict=True):
+        if ckpt is not None:
+            net.load_state_dict(ckpt["model"])
+    ens = Ensemble(nets).to(device)
+    opt = torch.optim.Adam(ens.ordered_parameters(), lr=c0.lr, betas=(0.9, 0.999), eps=1e-8)
+    if ckpts[0] is not None:
+        opt.load_state_dict(stack_optimizer_states(ens, [c["optimizer"] for c in ckpts]))
+    gens = []
+    for c, ckpt in zip(configs, ckpts, strict=True):
+        g = torch.Generator(device).manual_seed(train.derive_seed(c.seed, "data"))
+        if ckpt is not None:
+            g.set_state(ckpt["data_rng"].to(g.get_state().device))
+        gens.append(g)
+    eval_x, eval_y = train.eval_set(task, c0, device)
+    tau = torch.tensor(
+        [c.tau if c.model == "act" else 0.0 for c in configs], device=device
+    ).unsqueeze(1)  # (K, 1): each member's own time penalty
+    alive = torch.ones(k, dtype=torch.bool, device=device)  # members still training
+    live = list(range(k))
+    window = torch.zeros(k, len(train.WINDOW), device=device)
+    log_step = step
+    budget = max(c.steps for c in configs)
+    try:
+        while step < budget and live:
+            ens.train()
+            batches = [task.sample(c0.batch_size, g) for g in gens]  # each member's own stream
+            x = torch.stack([b[0] for b in batches])  # (K, B, T, F)
+            y = torch.stack([b[1] for b in batches])
+            logits, info = ens(x)
+            loss_seq, task_loss = train.objective(task, logits, y, info, tau, c0.ponder_loss)
+            loss_k = loss_seq.mean(-1)  # (K,): each member's own loss
+            opt.zero_grad(set_to_none=True)
+            torch.where(alive, loss_k, torch.zeros_like(loss_k)).sum().backward()
+            opt.step()
+            step += 1
+            with torch.no_grad():
+                window += train.window_terms(loss_k.detach(), info)
+            ends = [i for i in live if step == configs[i].steps]
+            if step % c0.log_every and not ends:
+                continue
+            # ---- log step: the only place that moves numbers to the host
+            means = (window / (step - log_step)).tolist()
+            log_step = step
+            window.zero_()
+            acc = task.accuracy(logits.detach(), y).tolist()
+            task_loss_k = task_loss.detach().mean(-1).tolist()
+            evals = _evaluate(ens, task, eval_x, eval_y)
+            for i in list(live):
+                m = dict(zip(train.WINDOW, means[i], strict=True))
+                rec = recs[i]
+                stop = i in ends
+                if m["nonfinite"] > 0:
+                    rec.diverged(step)
+                    stop = True
+                else:
+                    row = {
+                        "step": step,
+                        **{n: m[n] for n in ("loss", "ponder", "steps", "paper_ponder")},
+                        "task_loss": task_loss_k[i],
+                        "train_accuracy": acc[i],
+                        "eval_accuracy": evals["eval_accuracy"][i],
+                        "eval_ponder": evals["eval_ponder"][i],
+                        "elapsed_s": rec.elapsed(),
+                    }
+                    stop = rec.log(row) or stop
+                    if rec.checkpoint_due(step) or stop:
+                        rec.save(
+                            ens.member_state_dict(i),
+                            member_optimizer_state(opt.state_dict(), i),
+                            gens[i].get_state(),
+                            step,
+                        )
+                if stop:
+                    rec.finish()
+                    live.remove(i)
+                    _freeze(ens, opt, i)
+                    alive[i] = False
+    finally:
+        for r in recs:
+            r.close()
+    return [train.read_summary(r.dir) for r in recs]
+
+
+@torch.no_grad()
+def _freeze(ens: Ensemble, opt: torch.optim.Optimizer, i: int) -> None:
+    """Member i is done: zero its weights and Adam state so it stays finite and cheap."""
+    for p in ens.parameters():
+        p[i] = 0.0
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][i] = 0.0
+
+
+@torch.no_grad()
+def _evaluate(ens: Ensemble, task, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[float]]:
+    ens.eval()
+    xk = x.unsqueeze(0).expand(ens.k, *x.shape)
+    logits, info = ens(xk)
+    return {
+        "eval_accuracy": task.accuracy(logits, y).tolist(),
+        "eval_ponder": info["ponder_cost"].flatten(1).mean(-1).tolist(),
+    }

@@ -1,0 +1,106 @@
+"""The batched multi-run engine: each member is the single run with its seed."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from ponder import ensemble, train
+from ponder.models import ModelSpec, build_model
+
+
+def _rows(d, keys=("loss", "task_loss", "train_accuracy", "ponder", "eval_accuracy")):
+    return [[r["step"], *(r[k] for k in keys)] for r in train.read_metrics(d)]
+
+
+@pytest.mark.parametrize(
+    "model, cell, task, options",
+    [
+        ("act", "rnn", "parity", {"bits": 6}),
+        ("act", "lstm", "addition", {"numbers": 3, "digits": 2}),
+        ("repeat", "gru", "parity", {"bits": 6}),
+        ("repeat", "lstm", "addition", {"numbers": 3, "digits": 2}),
+    ],
+)
+def test_forward_equals_member_networks(model, cell, task, options):
+    spec = ModelSpec(input_size=20 if task == "addition" else 6, output_size=33 if task == "addition" else 1,
+                     model=model, cell=cell, hidden=12, rho=3, max_ponder=8)  # fmt: skip
+    nets = [build_model(spec, "tf", torch.Generator().manual_seed(s)) for s in range(3)]
+    for n in nets:
+        with torch.no_grad():
+            if model == "act":
+                n.core.halting.weight.normal_(0, 1.0)
+    ens = ensemble.Ensemble(nets)
+    x = torch.randn(3, 5, 3, spec.input_size)
+    logits, info = ens(x)
+    for k, net in enumerate(nets):
+        want, want_info = net(x[k])
+        torch.testing.assert_close(logits[k], want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(info["ponder_cost"][k], want_info["ponder_cost"])
+    for k in range(3):
+        sd = ens.member_state_dict(k)
+        for name, p in nets[k].state_dict().items():
+            assert torch.equal(sd[name], p)
+
+
+def test_members_equal_single_runs(tiny, tmp_path):
+    configs = [tiny(seed=s, tau=t, steps=40) for s, t in [(0, 0.01), (1, 0.1), (2, 0.001)]]
+    dirs = [tmp_path / f"e{k}" for k in range(3)]
+    ensemble.run_group(configs, dirs)
+    for k, c in enumerate(configs):
+        train.run(c, tmp_path / f"s{k}")
+        got, want = _rows(dirs[k]), _rows(tmp_path / f"s{k}")
+        assert [r[0] for r in got] == [10, 20, 30, 40]
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-4)
+    # The tolerance is tight enough to tell members apart (other data, weights or tau).
+    a, b = torch.tensor(_rows(dirs[0])), torch.tensor(_rows(tmp_path / "s1"))
+    assert not torch.allclose(a[:, 1:], b[:, 1:], rtol=1e-4, atol=1e-4)
+    same_seed_other_tau = dataclasses.replace(configs[0], tau=0.1)
+    train.run(same_seed_other_tau, tmp_path / "tau")
+    c = torch.tensor(_rows(tmp_path / "tau"))
+    assert not torch.allclose(a[:, 1:], c[:, 1:], rtol=1e-4, atol=1e-4)
+
+
+def test_k1_equals_single_run_and_checkpoints_interchange(tiny, tmp_path):
+    c = tiny(model="repeat", rho=2, steps=40)
+    ensemble.run_group([c], [tmp_path / "e"])
+    train.run(c, tmp_path / "s")
+    torch.testing.assert_close(torch.tensor(_rows(tmp_path / "e")),
+                               torch.tensor(_rows(tmp_path / "s")), rtol=1e-4, atol=1e-5)  # fmt: skip
+    # an ensemble checkpoint resumes in the single-run engine, and the result matches
+    half = dataclasses.replace(c, steps=20)
+    ensemble.run_group([half], [tmp_path / "mix"])
+    train.run(c, tmp_path / "mix")
+    torch.testing.assert_close(torch.tensor(_rows(tmp_path / "mix")),
+                               torch.tensor(_rows(tmp_path / "s")), rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_diverged_member_is_frozen_others_go_on(tiny, tmp_path, monkeypatch):
+    configs = [tiny(seed=s, steps=40) for s in range(2)]
+    real = train.objective
+    calls = {"n": 0}
+
+    def member1_nan_after_15(task, logits, targets, info, tau, ponder_loss="mean"):
+        calls["n"] += 1
+        loss, tl = real(task, logits, targets, info, tau, ponder_loss)
+        if calls["n"] > 15 and loss.dim() == 2:
+            loss = torch.cat([loss[:1], loss[1:] * float("nan")])
+        return loss, tl
+
+    monkeypatch.setattr(train, "objective", member1_nan_after_15)
+    summaries = ensemble.run_group(configs, [tmp_path / "a", tmp_path / "b"])
+    assert summaries[1]["diverged"] and not summaries[0]["diverged"]
+    assert summaries[0]["step"] == 40 and summaries[1]["step"] == 10
+    assert [r["step"] for r in train.read_metrics(tmp_path / "b")] == [10]
+    monkeypatch.setattr(train, "objective", real)
+    train.run(configs[0], tmp_path / "ref")
+    torch.testing.assert_close(torch.tensor(_rows(tmp_path / "a")),
+                               torch.tensor(_rows(tmp_path / "ref")), rtol=1e-4, atol=1e-4)  # fmt: skip
+
+
+def test_group_key():
+    from ponder.config import RunConfig, resolve
+
+    a = resolve(RunConfig(model="act", tau=0.1, seed=1))
+    assert ensemble.group_key(a) == ensemble.group_key(dataclasses.replace(a, tau=0.01, seed=4))
+    assert ensemble.group_key(a) != ensemble.group_key(dataclasses.replace(a, hidden=64))
