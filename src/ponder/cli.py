@@ -126,7 +126,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _run_sweep(grid: Any, args: argparse.Namespace) -> int:
     from . import sweep
 
-    result = sweep.sweep(grid, args.out, _executor(args))
+    result = sweep.sweep(grid, args.out, _executor(args), batch=args.batch)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items()))
     print(f"sweep {grid.name}: {counts} -> {args.out}")
     if not result.all_finished:
@@ -191,7 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--jobs",
             type=int,
             default=os.cpu_count() or 1,
-            help="runs trained at once (default: one per CPU core)",
+            help="jobs trained at once (default: one per CPU core)",
+        )
+        p.add_argument(
+            "--batch",
+            type=int,
+            default=16,
+            help="most runs of one shape trained as one batched ensemble (default 16; "
+            "1 trains every run on its own)",
         )
 
     p = sub.add_parser("sweep", help="run an experiment grid", description="Run a grid of runs.")

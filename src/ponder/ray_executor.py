@@ -68,7 +68,8 @@ def _import_ray() -> Any:
 class RayExecutor:
     """Every job as a Ray task; ``address`` None starts a local Ray instance for the sweep.
 
-    ``address`` may also be ``"auto"`` (the cluster this machine belongs to, started with
+    None always starts a new instance, even where ``RAY_ADDRESS`` is set or ``ray start`` ran
+    on this machine: joining a cluster is asked for by name. ``address`` may be ``"auto"`` (the cluster this machine belongs to, started with
     ``ray start``), ``"HOST:PORT"`` or ``"ray://HOST:10001"`` (Ray Client). A Ray instance this
     executor connected to is disconnected from at the end; one it started is shut down; one that
     was already initialized in this process (by the caller) is left as it is.
@@ -109,7 +110,7 @@ class RayExecutor:
         connected_here = not ray.is_initialized()
         if connected_here:
             ray.init(
-                address=self.address,
+                address=self.address or "local",  # not a `ray start` cluster, nor RAY_ADDRESS
                 ignore_reinit_error=True,
                 log_to_driver=False,
                 logging_level=logging.WARNING,

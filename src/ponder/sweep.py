@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -220,19 +220,28 @@ def run_status(run_dir: Path, config: RunConfig) -> str:
 
 
 def execute_job(runs: list[tuple[RunConfig, Path]]) -> None:
-    """Train the runs of one job here; a run that raises is recorded in its ``error.txt``."""
-    from . import train
+    """Train the runs of one job here: one run alone, several as one batched ensemble.
 
-    for config, run_dir in runs:
+    A run (or ensemble) that raises is recorded in ``error.txt`` and the sweep goes on.
+    """
+    from . import ensemble, train
+
+    for _, run_dir in runs:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ERROR_FILE).unlink(missing_ok=True)
         (run_dir / RUNNING_FILE).touch()
-        try:
-            train.run(config, run_dir)
-        except Exception as e:  # recorded, and the sweep goes on
-            text = "".join(traceback.format_exception(e))
-            atomic_write(run_dir / ERROR_FILE, f"{type(e).__name__}: {e}\n\n{text}")
-        finally:
+    try:
+        if len(runs) == 1:
+            train.run(*runs[0])
+        else:
+            ensemble.run_group([c for c, _ in runs], [d for _, d in runs])
+    except Exception as e:  # recorded, and the sweep goes on
+        text = "".join(traceback.format_exception(e))
+        for config, run_dir in runs:
+            if run_status(run_dir, config) not in ("done", "diverged"):
+                atomic_write(run_dir / ERROR_FILE, f"{type(e).__name__}: {e}\n\n{text}")
+    finally:
+        for _, run_dir in runs:
             (run_dir / RUNNING_FILE).unlink(missing_ok=True)
 
 
@@ -316,14 +325,40 @@ class SweepResult:
         return out
 
 
-def plan_jobs(runs: list[Run], sweep_dir: Path) -> list[list[tuple[RunConfig, Path]]]:
-    """One job per run that still has work to do (finished runs are skipped)."""
-    jobs = []
+def plan_jobs(
+    runs: list[Run], sweep_dir: Path, batch: int = 1
+) -> list[list[tuple[RunConfig, Path]]]:
+    """The jobs of the runs that still have work to do (finished runs are skipped).
+
+    With ``batch`` > 1, runs that share a shape (``ensemble.group_key``: the seeds of a
+    configuration, ACT's tau values) and start from the same point (all new, or all resuming
+    from one checkpoint step) train together as ensembles of at most ``batch`` runs.
+    """
+    from .ensemble import group_key
+
+    groups: dict[tuple, list[tuple[RunConfig, Path]]] = {}
     for r in runs:
         run_dir = sweep_dir / r.name
-        if run_status(run_dir, r.config) not in ("done", "diverged"):
-            jobs.append([(r.config, run_dir)])
-    return jobs
+        status = run_status(run_dir, r.config)
+        if status in ("done", "diverged"):
+            continue
+        key = (group_key(r.config), _resume_step(run_dir)) if batch > 1 else (r.name,)
+        groups.setdefault(key, []).append((r.config, run_dir))
+    return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), max(1, batch))]
+
+
+def _resume_step(run_dir: Path) -> int:
+    """The step a run would resume from (0 for a new one)."""
+    rows = read_metrics(run_dir)
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    from .train import load_checkpoint
+
+    try:
+        return int(load_checkpoint(path)["step"])
+    except RunError:
+        return -1 - len(rows)  # a broken checkpoint: its run trains (and fails) alone
 
 
 def sweep(
@@ -331,9 +366,12 @@ def sweep(
     sweep_dir: str | Path,
     executor: Executor | None = None,
     progress: bool = True,
-    plan: Callable[[list[Run], Path], list[list[tuple[RunConfig, Path]]]] = plan_jobs,
+    batch: int = 16,
 ) -> SweepResult:
-    """Run every run of ``grid`` under ``sweep_dir``; returns each run's final status."""
+    """Run every run of ``grid`` under ``sweep_dir``; returns each run's final status.
+
+    ``batch``: the most runs trained together as one ensemble (1 trains every run alone).
+    """
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for r in grid.runs:
@@ -355,7 +393,7 @@ def sweep(
         "runs": {r.name: r.config.to_dict() for r in grid.runs},
     }
     atomic_write(sweep_dir / "sweep.json", json.dumps(manifest, indent=1))
-    jobs = plan(grid.runs, sweep_dir)
+    jobs = plan_jobs(grid.runs, sweep_dir, batch)
     skipped = len(grid.runs) - sum(len(j) for j in jobs)
     if progress:
         print(

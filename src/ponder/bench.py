@@ -1,0 +1,467 @@
+"""``ponder bench``: training throughput of ponder against a naive PyTorch reference.
+
+For each case (parity with the paper's RNN of 128 units, batch 128; addition with an LSTM of 512
+units, batch 32, M = 20) three things train from the same TensorFlow-style initial weights:
+
+1. the **naive reference**, written below the way a user would write it in plain PyTorch: ACT as a
+   module around an ``nn.RNNCell``/``nn.LSTMCell`` with a Python loop over ponder steps per token,
+   per-sample masks and an ``.any()`` check every step; Repeat-RNN (and the plain RNN, rho = 1) as
+   ``nn.RNN``/``nn.LSTM`` over the ``repeat_interleave``-d sequence with a flag column; data made
+   on the host and moved to the device every step; Adam.
+2. ponder's **single-run path**: the step ``train.run`` takes (``task.sample`` on a device
+   generator, ``net(x)``, ``train.objective``, Adam, the on-device metric window).
+3. ponder's **ensemble path** at K = 1, 16, 64: K runs (seeds 0..K-1) as one ``Ensemble``, the
+   step ``ensemble._train`` takes; reported as run-steps/s = K x steps/s.
+
+Each measurement warms up first (ACT's ponder length moves in the first steps), then reports the
+median steps/s over a few timed repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import train
+from .config import RunConfig, resolve
+from .ensemble import Ensemble
+from .models import build_model
+from .tasks.base import IGNORE
+
+ADDITION_CONFIGS, ADDITION_SEEDS, ADDITION_STEPS = 9, 5, 2_000_000
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmarked configuration: ``RunConfig`` fields and the ensemble sizes to time."""
+
+    label: str
+    fields: dict = field(default_factory=dict)
+    ks: tuple[int, ...] = (1, 16, 64)
+    quick_ks: tuple[int, ...] = (1, 16, 64)
+
+    def config(self, device: str) -> RunConfig:
+        return resolve(RunConfig(device=device, progress=False, init="tf", **self.fields))
+
+
+CASES = [
+    Case("act tau=1e-3", {"task": "parity", "model": "act", "tau": 1e-3}),
+    Case("repeat rho=2", {"task": "parity", "model": "repeat", "rho": 2}),
+    Case("repeat rho=8", {"task": "parity", "model": "repeat", "rho": 8}),
+    Case("rnn", {"task": "parity", "model": "rnn"}),
+    Case("act tau=1e-2", {"task": "addition", "model": "act", "tau": 1e-2}, quick_ks=(1, 16)),
+    Case("repeat rho=5", {"task": "addition", "model": "repeat", "rho": 5}, quick_ks=(1, 16)),
+]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Warm-up steps, timed repeats and the seconds one repeat aims to take."""
+
+    warmup: int = 3
+    repeats: int = 3
+    seconds: float = 2.0
+    max_steps: int = 200
+
+
+FULL = Timing(warmup=3, repeats=3, seconds=2.0, max_steps=500)
+QUICK = Timing(warmup=2, repeats=3, seconds=0.25, max_steps=50)
+
+
+# --------------------------------------------------------------------------------------------
+# The naive reference
+
+
+class NaiveACT(nn.Module):
+    """ACT (Graves 2016) the straightforward way: a cell, a halting unit, a readout."""
+
+    def __init__(self, inputs: int, hidden: int, outputs: int, lstm: bool, eps: float, m: int):
+        super().__init__()
+        self.lstm = lstm
+        self.cell = (nn.LSTMCell if lstm else nn.RNNCell)(inputs + 1, hidden)
+        self.halt = nn.Linear(hidden, 1)
+        self.out = nn.Linear(hidden, outputs)
+        self.eps, self.m, self.hidden = eps, m, hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, T, F]`` -> logits ``[B, T, O]`` and the ponder cost N + R ``[B, T]``."""
+        b = x.shape[0]
+        h = x.new_zeros(b, self.hidden)
+        c = x.new_zeros(b, self.hidden)
+        ys, costs = [], []
+        for t in range(x.shape[1]):
+            running = torch.ones(b, dtype=torch.bool, device=x.device)
+            total = x.new_zeros(b)  # halting probabilities summed so far
+            n_steps = x.new_zeros(b)
+            remainder = x.new_zeros(b)
+            h_avg = x.new_zeros(b, self.hidden)
+            c_avg = x.new_zeros(b, self.hidden)
+            n = 0
+            while True:
+                n += 1
+                flag = x.new_full((b, 1), 1.0 if n == 1 else 0.0)
+                inp = torch.cat([flag, x[:, t]], 1)
+                if self.lstm:
+                    h_new, c_new = self.cell(inp, (h, c))
+                else:
+                    h_new = c_new = self.cell(inp, h)
+                p = torch.sigmoid(self.halt(h_new))[:, 0]
+                if n == self.m:
+                    stop = running
+                else:
+                    stop = running & (total + p >= 1 - self.eps)
+                cont = running & ~stop
+                w = torch.where(stop, 1 - total, torch.where(cont, p, torch.zeros_like(p)))
+                h_avg = h_avg + w[:, None] * h_new
+                c_avg = c_avg + w[:, None] * c_new
+                remainder = torch.where(stop, 1 - total, remainder)
+                n_steps = n_steps + running.float()
+                total = total + torch.where(cont, p, torch.zeros_like(p))
+                h = torch.where(running[:, None], h_new, h)
+                c = torch.where(running[:, None], c_new, c)
+                running = cont
+                if not running.any():
+                    break
+            h, c = h_avg, c_avg
+            ys.append(h_avg)
+            costs.append(n_steps + remainder)
+        return self.out(torch.stack(ys, 1)), torch.stack(costs, 1)
+
+
+class NaiveRepeat(nn.Module):
+    """Repeat-RNN (Fojo et al. 2018): every token fed rho times with a first-repeat flag."""
+
+    def __init__(self, inputs: int, hidden: int, outputs: int, lstm: bool, rho: int):
+        super().__init__()
+        self.rnn = (nn.LSTM if lstm else nn.RNN)(inputs + 1, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, outputs)
+        self.rho = rho
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t, _ = x.shape
+        xr = x.repeat_interleave(self.rho, dim=1)
+        flag = torch.zeros(b, t * self.rho, 1, device=x.device)
+        flag[:, :: self.rho] = 1.0
+        out, _ = self.rnn(torch.cat([flag, xr], 2))
+        cost = torch.full((b, t), float(self.rho), device=x.device)
+        return self.out(out[:, self.rho - 1 :: self.rho]), cost
+
+
+def naive_model(config: RunConfig, task) -> nn.Module:
+    lstm = config.cell == "lstm"
+    if config.cell not in ("rnn", "lstm"):
+        raise ValueError("the naive reference covers RNN and LSTM cells")
+    if config.model == "act":
+        return NaiveACT(
+            task.input_size, config.hidden, task.output_size, lstm, config.epsilon,
+            config.max_ponder,
+        )  # fmt: skip
+    rho = config.rho if config.model == "repeat" else 1
+    return NaiveRepeat(task.input_size, config.hidden, task.output_size, lstm, rho)
+
+
+def copy_weights(naive: nn.Module, net: nn.Module) -> nn.Module:
+    """Load a ``PonderNet``'s weights into the naive module of the same config."""
+    renames = {
+        "core.cell.": "cell.",
+        "core.halting.": "halt.",
+        "core.rnn.": "rnn.",
+        "readout.": "out.",
+    }
+    state = {}
+    for key, value in net.state_dict().items():
+        for old, new in renames.items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        state[key] = value.clone()
+    naive.load_state_dict(state)
+    return naive
+
+
+def naive_loss(task, logits: torch.Tensor, y: torch.Tensor, cost: torch.Tensor, tau: float):
+    """Task loss + tau * mean ponder cost, written with the usual PyTorch losses."""
+    if task.output_size == 1:
+        task_loss = F.binary_cross_entropy_with_logits(logits[..., 0], y.float())
+    else:
+        classes = task.groups[-1]
+        task_loss = F.cross_entropy(logits.reshape(-1, classes), y.reshape(-1), ignore_index=IGNORE)
+    return task_loss + tau * cost.mean()
+
+
+# --------------------------------------------------------------------------------------------
+# The three training steps
+
+
+def _tau(config: RunConfig) -> float:
+    return config.tau if config.model == "act" else 0.0
+
+
+def _init_net(config: RunConfig, spec, seed: int):
+    gen = torch.Generator().manual_seed(train.derive_seed(seed, "init"))
+    return build_model(spec, config.init, gen)
+
+
+def naive_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
+    task, spec = train.build(config)
+    model = copy_weights(naive_model(config, task), _init_net(config, spec, 0)).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(train.derive_seed(0, "data"))  # data on the host
+    tau = _tau(config)
+
+    def step() -> None:
+        x, y = task.sample(config.batch_size, gen)
+        x, y = x.to(device), y.to(device)
+        logits, cost = model(x)
+        loss = naive_loss(task, logits, y, cost, tau)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
+    task, spec = train.build(config)
+    net = _init_net(config, spec, 0).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    data_gen = torch.Generator(device).manual_seed(train.derive_seed(0, "data"))
+    window = torch.zeros(len(train.WINDOW), device=device)
+    tau = _tau(config)
+
+    def step() -> None:  # train.run's step, without the logging
+        nonlocal window
+        net.train()
+        x, y = task.sample(config.batch_size, data_gen)
+        logits, info = net(x)
+        loss_seq, _ = train.objective(task, logits, y, info, tau, config.ponder_loss)
+        loss = loss_seq.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            window += train.window_terms(loss.detach(), info)
+
+    return step
+
+
+def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[], None]:
+    task, spec = train.build(config)
+    ens = Ensemble([_init_net(config, spec, seed) for seed in range(k)]).to(device)
+    opt = torch.optim.Adam(ens.ordered_parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    gens = [
+        torch.Generator(device).manual_seed(train.derive_seed(seed, "data")) for seed in range(k)
+    ]
+    tau = torch.full((k, 1), _tau(config), device=device)
+    window = torch.zeros(k, len(train.WINDOW), device=device)
+
+    def step() -> None:  # ensemble._train's step, without the logging
+        nonlocal window
+        ens.train()
+        batches = [task.sample(config.batch_size, g) for g in gens]
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        logits, info = ens(x)
+        loss_seq, _ = train.objective(task, logits, y, info, tau, config.ponder_loss)
+        loss_k = loss_seq.mean(-1)
+        opt.zero_grad(set_to_none=True)
+        loss_k.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            window += train.window_terms(loss_k.detach(), info)
+
+    return step
+
+
+def measure(step: Callable[[], None], device: torch.device, timing: Timing) -> float:
+    """Median steps/s over ``timing.repeats`` timed runs of n steps, after warm-up steps."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    per_step = 0.0
+    for _ in range(timing.warmup):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        per_step = time.perf_counter() - t0
+    n = int(min(timing.max_steps, max(1, round(timing.seconds / max(per_step, 1e-6)))))
+    rates = []
+    for _ in range(timing.repeats):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        sync()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reporting
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:,.2f}"
+
+
+def _ratio(x: float, ref: float) -> str:
+    r = x / ref
+    return f"{r:,.0f}x" if r >= 10 else f"{r:.1f}x"
+
+
+def _machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return (
+        f"{cpu} ({platform.machine()}), {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), device: {device.type} ({name})"
+    )
+
+
+def _task_of(case: Case) -> str:
+    return case.fields.get("task", "parity")
+
+
+def run_bench(
+    quick: bool = False,
+    device: str = "auto",
+    out: Path = Path("BENCHMARKS.md"),
+    *,
+    _cases: list[Case] | None = None,
+    _timing: Timing | None = None,
+    _ks: tuple[int, ...] | None = None,
+) -> str:
+    """Time every case, print a line per measurement, write ``out``; returns its markdown."""
+    dev = train.resolve_device(device)
+    timing = _timing or (QUICK if quick else FULL)
+    cases = _cases if _cases is not None else CASES
+    all_ks = _ks or (1, 16, 64)
+    started = time.perf_counter()
+    rows: dict[str, list[list[str]]] = {}
+    best_ensemble: dict[str, list[float]] = {}
+    print(f"ponder bench on {_machine(dev)}", flush=True)
+    for case in cases:
+        config = case.config(device)
+        task_name = config.task
+        name = f"{task_name} {case.label}"
+        naive = measure(naive_step(config, dev), dev, timing)
+        print(f"{name:<24} naive  {_rate(naive):>8} steps/s", flush=True)
+        single = measure(single_step(config, dev), dev, timing)
+        print(f"{name:<24} single {_rate(single):>8} steps/s ({_ratio(single, naive)})", flush=True)
+        cells = [case.label, _rate(naive), f"{_rate(single)} ({_ratio(single, naive)})"]
+        run_rates = []
+        for k in all_ks:
+            if k not in (case.quick_ks if quick else case.ks):
+                cells.append("skipped (quick)" if quick else "skipped")
+                print(f"{name:<24} K={k:<4} skipped{' (quick)' if quick else ''}", flush=True)
+                continue
+            rate = k * measure(ensemble_step(config, dev, k), dev, timing)
+            run_rates.append(rate)
+            cells.append(f"{_rate(rate)} ({_ratio(rate, naive)})")
+            print(
+                f"{name:<24} K={k:<4} {_rate(rate):>8} run-steps/s ({_ratio(rate, naive)})",
+                flush=True,
+            )
+        rows.setdefault(task_name, []).append(cells)
+        if run_rates:
+            best_ensemble.setdefault(task_name, []).append(max(run_rates))
+    elapsed = time.perf_counter() - started
+    text = _markdown(quick, dev, rows, best_ensemble, all_ks, elapsed)
+    Path(out).write_text(text)
+    print(f"wrote {out} ({elapsed:.0f} s)", flush=True)
+    return text
+
+
+def _markdown(quick, dev, rows, best_ensemble, ks, elapsed) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "ponder bench" + (" --quick" if quick else "") + f" --device {dev.type}"
+    lines = [
+        "# ponder benchmarks",
+        "",
+        f"- date: {now}",
+        f"- machine: {_machine(dev)}",
+        f"- command: `{command}` ({elapsed:.0f} s)",
+        "",
+    ]
+    headers = ["case", "naive steps/s", "single steps/s (ratio)"]
+    headers += [f"K={k} run-steps/s (ratio)" for k in ks]
+    for task_name, task_rows in rows.items():
+        lines += [f"## {task_name}", ""]
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "---|" * len(headers))
+        lines += ["| " + " | ".join(r) + " |" for r in task_rows]
+        lines.append("")
+    if best_ensemble.get("addition"):
+        rate = min(best_ensemble["addition"])  # the slowest addition case's best ensemble rate
+        total = ADDITION_CONFIGS * ADDITION_SEEDS * ADDITION_STEPS
+        hours = total / rate / 3600
+        lines += [
+            f"**Projected time for the addition table**: {ADDITION_CONFIGS} configurations x "
+            f"{ADDITION_SEEDS} seeds x {ADDITION_STEPS:,} steps / {_rate(rate)} run-steps/s "
+            f"(the slowest addition case's best measured ensemble rate) = {hours:,.1f} hours. "
+            "This is an upper bound: runs stop when solved, most long before 2M steps.",
+            "",
+        ]
+    lines += [
+        "## What the numbers mean",
+        "",
+        "Every path trains the same network from the same TensorFlow-style initial weights with "
+        "Adam on fresh random batches. *naive* is a straightforward plain-PyTorch "
+        "implementation (in `ponder/bench.py`): ACT as a Python loop over ponder steps with "
+        "per-sample masks and an `.any()` check per step, Repeat-RNN as `nn.RNN`/`nn.LSTM` over "
+        "the `repeat_interleave`-d sequence, data made on the host. *single* is the training "
+        "step of `ponder train`. *K=...* is the batched ensemble that trains K runs (seeds) as "
+        "one model, reported in run-steps/s: K times its steps/s, i.e. how fast a sweep of "
+        "many runs advances. A ratio is that rate over the naive reference's steps/s. "
+        "Each number is the median of several timed repeats after warm-up steps.",
+        "",
+        "Targets: on 2 CPU cores, an ensemble of 16 parity Repeat rho=2 runs >= 5x the naive "
+        "reference in run-steps/s, an ensemble of 16 parity ACT runs >= 3x, and the single-run "
+        "paths no slower than the reference (>= 1x); on one H100, single-run parity Repeat "
+        ">= 10x and ACT >= 5x, an ensemble of 64 >= 100x, and the addition table projected "
+        "at <= 1 hour.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        run_bench(quick=args.quick, device=args.device, out=args.out)
+    except train.RunError as e:
+        print(f"ponder: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to an argparse subparsers object."""
+    p = sub.add_parser(
+        "bench",
+        help="training throughput against a naive PyTorch reference",
+        description="Time naive, single-run and ensemble training steps; write BENCHMARKS.md.",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer steps; under 2 minutes on a CPU")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown to write")
+    p.set_defaults(func=_cmd_bench)
+    return p

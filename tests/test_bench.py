@@ -1,0 +1,91 @@
+"""ponder bench: the naive reference computes ponder's math, and the report gets written."""
+
+import pytest
+import torch
+
+from ponder import bench, train
+from ponder.config import RunConfig, resolve
+
+
+def _pair(model, task, options, **fields):
+    config = resolve(
+        RunConfig(task=task, task_options=options, model=model, hidden=12, device="cpu", **fields)
+    )
+    task_obj, spec = train.build(config)
+    net = bench._init_net(config, spec, 3)
+    naive = bench.copy_weights(bench.naive_model(config, task_obj), net)
+    x, y = task_obj.sample(9, torch.Generator().manual_seed(1))
+    return config, task_obj, net, naive, x, y
+
+
+@pytest.mark.parametrize(
+    "task, options, cell",
+    [("parity", {"bits": 6}, None), ("addition", {"numbers": 3, "digits": 2}, None)],
+)
+def test_naive_act_matches_ponder(task, options, cell):
+    config, task_obj, net, naive, x, y = _pair("act", task, options, tau=0.01, halting_bias=-1.0)
+    logits, info = net(x)
+    n_logits, n_cost = naive(x)
+    assert info["steps"].max() > 1  # the halting loop really ponders
+    torch.testing.assert_close(n_logits, logits)
+    torch.testing.assert_close(n_cost, info["ponder_cost"])
+    # the same loss, and the same gradients through the remainder
+    loss, _ = train.objective(task_obj, logits, y, info, 0.01)
+    n_loss = bench.naive_loss(task_obj, n_logits, y, n_cost, 0.01)
+    torch.testing.assert_close(n_loss, loss.mean())
+    loss.mean().backward()
+    n_loss.backward()
+    torch.testing.assert_close(naive.halt.weight.grad, net.core.halting.weight.grad)
+
+
+@pytest.mark.parametrize("model, rho", [("repeat", 3), ("rnn", 1)])
+@pytest.mark.parametrize(
+    "task, options", [("parity", {"bits": 6}), ("addition", {"numbers": 3, "digits": 2})]
+)
+def test_naive_repeat_matches_ponder(model, rho, task, options):
+    config, task_obj, net, naive, x, y = _pair(model, task, options, rho=rho)
+    logits, info = net(x)
+    n_logits, n_cost = naive(x)
+    torch.testing.assert_close(n_logits, logits)
+    torch.testing.assert_close(n_cost, info["ponder_cost"])
+    loss, _ = train.objective(task_obj, logits, y, info, 0.0)
+    torch.testing.assert_close(bench.naive_loss(task_obj, n_logits, y, n_cost, 0.0), loss.mean())
+
+
+def test_run_bench_writes_table(tmp_path, capsys):
+    tiny = {"task_options": {"bits": 4}, "hidden": 8, "batch_size": 8}
+    cases = [
+        bench.Case(
+            "act tau=1e-2", {"task": "parity", "model": "act", "tau": 1e-2, **tiny}, quick_ks=(1, 2)
+        ),
+        bench.Case(
+            "repeat rho=2",
+            {"task": "addition", "task_options": {"numbers": 2, "digits": 2}, "model": "repeat",
+             "rho": 2, "hidden": 8, "batch_size": 4},
+            quick_ks=(1,),
+        ),
+    ]  # fmt: skip
+    out = tmp_path / "BENCH.md"
+    timing = bench.Timing(warmup=1, repeats=2, seconds=0.01, max_steps=3)
+    text = bench.run_bench(
+        quick=True, device="cpu", out=out, _cases=cases, _timing=timing, _ks=(1, 2)
+    )
+    assert out.read_text() == text
+    assert "| case | naive steps/s | single steps/s (ratio) | K=1 run-steps/s (ratio)" in text
+    assert "## parity" in text and "## addition" in text
+    assert "skipped (quick)" in text
+    assert "Projected time for the addition table" in text
+    row = next(line for line in text.splitlines() if line.startswith("| act tau=1e-2"))
+    numbers = [float(c.split()[0].replace(",", "")) for c in row.split("|")[2:-1]]
+    assert len(numbers) == 4 and all(n > 0 for n in numbers)
+    assert "parity act tau=1e-2" in capsys.readouterr().out
+
+
+def test_add_parser_defaults():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--quick", "--device", "cpu"])
+    assert args.quick and args.device == "cpu" and str(args.out) == "BENCHMARKS.md"
+    assert args.func is bench._cmd_bench
