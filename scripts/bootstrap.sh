@@ -2,7 +2,7 @@
 # Create .venv beside this repository and install ponder into it (editable, with the dev extras).
 # PyTorch is pinned before anything else asks for it: an unpinned `torch` would pull a multi-GB CUDA
 # build, so we take PONDER_TORCH (default torch==2.13.0, a CPU build on our dev machines) unless the
-# venv already has torch >= 2.11. Extra pip extras go in PONDER_EXTRAS (e.g. "dev,ray").
+# venv already has torch >= 2.11. The pip extras installed are PONDER_EXTRAS (default "dev,ray").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -13,4 +13,4 @@ fi
 if ! .venv/bin/python -c 'import torch, sys; v = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]); sys.exit(v < (2, 11))' 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check "${PONDER_TORCH:-torch==2.13.0}"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${PONDER_EXTRAS:-dev}]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${PONDER_EXTRAS:-dev,ray}]"

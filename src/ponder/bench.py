@@ -160,6 +160,13 @@ class NaiveRepeat(nn.Module):
 
 
 def naive_model(config: RunConfig, task) -> nn.Module:
+    """The naive module of ``config``; its weights come from ``copy_weights`` (PyTorch's own
+    init draws are made on a forked global RNG, so building one changes no random stream)."""
+    with torch.random.fork_rng(devices=[]):
+        return _naive_model(config, task)
+
+
+def _naive_model(config: RunConfig, task) -> nn.Module:
     lstm = config.cell == "lstm"
     if config.cell not in ("rnn", "lstm"):
         raise ValueError("the naive reference covers RNN and LSTM cells")

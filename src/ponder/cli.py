@@ -136,6 +136,15 @@ def _run_sweep(grid: Any, args: argparse.Namespace) -> int:
 
 
 def _executor(args: argparse.Namespace) -> Any:
+    if args.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(
+            address=args.address,
+            cpus_per_job=args.cpus_per_job,
+            gpus_per_job=args.gpus_per_job,
+            max_retries=args.retries,
+        )
     from .sweep import LocalExecutor
 
     return LocalExecutor(jobs=args.jobs)
@@ -200,6 +209,21 @@ def build_parser() -> argparse.ArgumentParser:
             help="most runs of one shape trained as one batched ensemble (default 16; "
             "1 trains every run on its own)",
         )
+        p.add_argument("--executor", choices=["local", "ray"], default="local")
+        p.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://...")
+        p.add_argument("--cpus-per-job", type=float, default=1.0, help="Ray: CPUs per job")
+        p.add_argument(
+            "--gpus-per-job",
+            type=float,
+            default=0.0,
+            help="Ray: GPUs per job, fractions share a GPU (e.g. 0.25)",
+        )
+        p.add_argument(
+            "--retries",
+            type=int,
+            default=2,
+            help="Ray: retries of a job whose worker died (default 2)",
+        )
 
     p = sub.add_parser("sweep", help="run an experiment grid", description="Run a grid of runs.")
     p.add_argument("grid", type=Path, help="grid YAML file, or a built-in grid's name")
@@ -221,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per configuration (default 5)")
     executor_flags(p)
     p.set_defaults(func=_cmd_reproduce)
+
+    from .bench import add_parser as add_bench
+
+    add_bench(sub)
     return parser
 
 

@@ -68,11 +68,12 @@ def _import_ray() -> Any:
 class RayExecutor:
     """Every job as a Ray task; ``address`` None starts a local Ray instance for the sweep.
 
-    None always starts a new instance, even where ``RAY_ADDRESS`` is set or ``ray start`` ran
-    on this machine: joining a cluster is asked for by name. ``address`` may be ``"auto"`` (the cluster this machine belongs to, started with
-    ``ray start``), ``"HOST:PORT"`` or ``"ray://HOST:10001"`` (Ray Client). A Ray instance this
-    executor connected to is disconnected from at the end; one it started is shut down; one that
-    was already initialized in this process (by the caller) is left as it is.
+    None always starts a new instance, even where ``RAY_ADDRESS`` is set or ``ray start`` ran on
+    this machine: joining a cluster is asked for by name. ``address`` may be ``"auto"`` (the
+    cluster this machine belongs to, started with ``ray start``), ``"HOST:PORT"`` or
+    ``"ray://HOST:10001"`` (Ray Client). A Ray instance this executor started is shut down at
+    the end, one it joined is only disconnected from, and one this process had already
+    initialized (the caller's) is left as it is.
     """
 
     address: str | None = None
@@ -109,12 +110,16 @@ class RayExecutor:
         ray = _import_ray()
         connected_here = not ray.is_initialized()
         if connected_here:
-            ray.init(
-                address=self.address or "local",  # not a `ray start` cluster, nor RAY_ADDRESS
-                ignore_reinit_error=True,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            try:
+                ray.init(
+                    address=self.address or "local",  # not a `ray start` cluster, nor RAY_ADDRESS
+                    ignore_reinit_error=True,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+            except (ConnectionError, ValueError) as e:
+                where = f"Ray at {self.address}" if self.address else "a local Ray instance"
+                raise ConfigError(f"cannot start or join {where}: {_first_line(e)}") from None
         try:
             self._check_fits(ray)
             task = ray.remote(
