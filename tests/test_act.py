@@ -36,13 +36,13 @@ def reference(act: ACT, x: torch.Tensor):
                 inp = torch.cat([torch.tensor([[1.0 if n == 1 else 0.0]]), x[b : b + 1, t]], 1)
                 s = cell(inp, s)
                 y = s[0] if lstm else s
-                hs.append(torch.sigmoid(act.halting(y)).item())
+                hs.append(torch.sigmoid(act.halting(y))[0, 0])
                 states.append(s)
                 ys.append(y)
-                if sum(hs) >= 1 - eps or n == m:
+                if sum(hs).item() >= 1 - eps or n == m:
                     break
             big_n = len(hs)
-            r = 1 - sum(hs[:-1])
+            r = 1 - sum(hs[:-1], torch.tensor(0.0))
             p = hs[:-1] + [r]
             if lstm:
                 s = tuple(
@@ -58,7 +58,8 @@ def reference(act: ACT, x: torch.Tensor):
         steps.append(n_b)
         rems.append(r_b)
         probs.append(p_b)
-    return torch.stack(outs), torch.tensor(steps), torch.tensor(rems), probs
+    rems = torch.stack([torch.stack(r_b) for r_b in rems])
+    return torch.stack(outs), torch.tensor(steps), rems, probs
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
@@ -78,13 +79,21 @@ def test_matches_reference_equations(kind, bias):
     for b in range(5):
         for t in range(4):
             n = ref_n[b, t]
-            torch.testing.assert_close(info["probs"][b, t, :n], torch.tensor(ref_p[b][t]))
+            torch.testing.assert_close(info["probs"][b, t, :n], torch.stack(ref_p[b][t]))
             assert (info["probs"][b, t, n:] == 0).all()
     # The last state is the p-weighted mean of the last token's intermediate states.
     last_h = state[0] if kind == "lstm" else state
     torch.testing.assert_close(last_h, ref_out[:, -1])
     assert info["steps"].dtype == torch.long and info["steps"].shape == (5, 4)
     assert not (info["steps"] == 1).all() and not (info["steps"] == 7).all()
+    # The gradients too: through the outputs, and through R(t) only for the ponder cost.
+    params = list(act.parameters())
+    loss = out.pow(2).sum() + 0.1 * info["ponder_cost"].sum()
+    ref_loss = ref_out.pow(2).sum() + 0.1 * (ref_n + ref_r).sum()
+    for g, ref_g in zip(
+        torch.autograd.grad(loss, params), torch.autograd.grad(ref_loss, params), strict=True
+    ):
+        torch.testing.assert_close(g, ref_g)
 
 
 def test_probabilities_sum_to_one_and_cap():

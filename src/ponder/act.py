@@ -124,40 +124,69 @@ class ACT(nn.Module):
         return torch.stack(outputs, 1), state, info
 
     def _ponder(self, x_t: torch.Tensor, s_prev: State):
-        halt = lambda y: torch.sigmoid(self.halting(y)).squeeze(-1)  # noqa: E731
-        return ponder_token(self.cell, halt, x_t, s_prev, self.epsilon, self.max_steps)
+        flag = x_t.new_ones(x_t.shape[0], 1)
+        first, later = torch.cat([flag, x_t], 1), torch.cat([flag * 0, x_t], 1)  # x_t^1, x_t^n>1
+
+        def step(n: int, s: State, rows: torch.Tensor | None) -> State:
+            return self.cell(take_rows(first if n == 1 else later, rows), s)
+
+        def halt(y: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.halting(y)).squeeze(-1)
+
+        return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps)
+
+
+def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``t [..., B, F]`` at the sample rows ``rows [..., R]`` (all of them for None)."""
+    if rows is None:
+        return t
+    return t.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, t.shape[-1]))
+
+
+def _add_rows(full: torch.Tensor, rows: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    """``full`` plus ``part`` added at ``rows`` (along the sample axis of ``part``'s rank)."""
+    if rows is None:
+        return full + part
+    if part.dim() == rows.dim():  # per-sample values [..., R]
+        return full.scatter_add(-1, rows, part)
+    return full.scatter_add(-2, rows.unsqueeze(-1).expand_as(part), part)
 
 
 def ponder_token(
-    cell: Callable[[torch.Tensor, State], State],
+    step: Callable[[int, State, torch.Tensor | None], State],
     halt: Callable[[torch.Tensor], torch.Tensor],
-    x_t: torch.Tensor,
     s_prev: State,
     epsilon: float,
     max_steps: int,
 ):
     """ACT for one token: ponder until every sample has halted.
 
-    ``cell(input, state) -> state`` is S, ``halt(y) -> h`` the halting unit; ``x_t`` is
-    ``[..., features]`` with any leading dims (a batch, or runs x batch for an ensemble).
-    Returns y_t ``[..., hidden]``, s_t, N(t) and R(t) ``[...]`` and p_t ``[..., N]``.
+    ``step(n, s, rows)`` is s_t^n = S(s, x_t^n) for the sample rows ``rows`` (``[..., R]``
+    indices into the batch, None for all; the caller owns x_t and its first-step flag),
+    ``halt(y) -> h`` the halting unit. States are ``[..., B, hidden]`` with any leading dims (a
+    batch, or runs x batch for an ensemble). Returns y_t ``[..., B, hidden]``, s_t, N(t) and
+    R(t) ``[..., B]`` and p_t ``[..., B, N]``.
+
+    Only the samples still running are computed: once some have halted, the rest are gathered
+    into ``rows`` (per leading index, padded with halted rows whose p is 0), so a few samples
+    that ponder long cost little. Halted samples' s_t and y_t no longer change.
     """
-    lead = x_t.shape[:-1]
+    y_prev = _output(s_prev)
+    lead = y_prev.shape[:-1]  # (..., B)
     one_minus_eps = 1.0 - epsilon
-    flags = x_t.new_zeros(*lead, 1)
-    cum_h = x_t.new_zeros(lead)  # sum_{n'<n} h_t^n' (with gradient)
-    running = torch.ones(lead, dtype=torch.bool, device=x_t.device)  # not yet halted
-    steps = torch.zeros(lead, dtype=torch.long, device=x_t.device)  # N(t)
-    remainder = x_t.new_zeros(lead)  # R(t)
-    s_mean = _map(torch.zeros_like, s_prev)  # s_t = sum_n p_t^n s_t^n
-    y_mean = torch.zeros_like(_output(s_prev))  # y_t = sum_n p_t^n y_t^n
+    # Per row of the compact set (all B rows at first): still running, sum_{n'<n} h_t^n'.
+    rows: torch.Tensor | None = None
+    running = torch.ones(lead, dtype=torch.bool, device=y_prev.device)
+    cum_h = y_prev.new_zeros(lead)  # (with gradient)
+    # Per sample: N(t), R(t) and s_t = sum_n p_t^n s_t^n (y_t is its output part).
+    steps = torch.zeros(lead, dtype=torch.long, device=y_prev.device)
+    remainder = y_prev.new_zeros(lead)
+    s_mean = _map(torch.zeros_like, s_prev)
     p_list = []
     s = s_prev
     for n in range(1, max_steps + 1):
-        flag = flags + 1.0 if n == 1 else flags  # delta_{n,1}
-        s_new = cell(torch.cat([flag, x_t], -1), s)  # s_t^n
-        y = _output(s_new)  # y_t^n
-        h = halt(y)  # h_t^n
+        s = step(n, s, rows)  # s_t^n of the compact rows
+        h = halt(_output(s))  # h_t^n from y_t^n
         # The test includes h_t^n: a sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
         # or at the cap M.
         if n == max_steps:
@@ -165,21 +194,24 @@ def ponder_token(
         else:
             halts = running & (cum_h + h >= one_minus_eps)
         going_on = running & ~halts
-        # p_t^n: h_t^n while going on, R(t) = 1 - sum_{n'<n} h when halting, 0 once halted.
+        # p_t^n: h_t^n while going on, R(t) = 1 - sum_{n'<n} h when halting, 0 for padding.
         # The last h_t^N gets no gradient: where() takes 1 - cum_h for halting samples.
-        r_n = 1.0 - cum_h
-        p = torch.where(halts, r_n, torch.where(going_on, h, torch.zeros_like(h)))
+        zero = torch.zeros_like(h)
+        r_n = torch.where(halts, 1.0 - cum_h, zero)
+        p = torch.where(going_on, h, r_n)
         p_col = p.unsqueeze(-1)
-        s_mean = _map(lambda acc, new, w=p_col: acc + w * new, s_mean, s_new)
-        y_mean = y_mean + p_col * y
-        remainder = torch.where(halts, r_n, remainder)
-        steps = steps + running.long()
-        cum_h = cum_h + torch.where(going_on, h, torch.zeros_like(h))
-        p_list.append(p)
-        # Halted samples keep their last state; they no longer add to the means (p = 0).
-        keep = running.unsqueeze(-1)
-        s = _map(lambda old, new, m=keep: torch.where(m, new, old), s, s_new)
+        s_mean = _map(lambda acc, new, w=p_col, r=rows: _add_rows(acc, r, w * new), s_mean, s)
+        remainder = _add_rows(remainder, rows, r_n)
+        steps = _add_rows(steps, rows, running.long())
+        p_list.append(_add_rows(torch.zeros_like(remainder), rows, p))
+        cum_h = cum_h + torch.where(going_on, h, zero)
         running = going_on
-        if not bool(running.any()):  # the one host sync per ponder step
+        left = int(running.sum(-1).max())  # the one host sync per ponder step
+        if left == 0:
             break
-    return y_mean, s_mean, steps, remainder, torch.stack(p_list, -1)
+        if left < running.shape[-1]:  # keep only the rows still running (first, per index)
+            order = torch.argsort((~running).to(torch.int8), dim=-1, stable=True)[..., :left]
+            rows = order if rows is None else rows.gather(-1, order)
+            running, cum_h = running.gather(-1, order), cum_h.gather(-1, order)
+            s = _map(lambda t, o=order: take_rows(t, o), s)
+    return _output(s_mean), s_mean, steps, remainder, torch.stack(p_list, -1)

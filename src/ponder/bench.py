@@ -243,7 +243,7 @@ def naive_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
 def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
     task, spec = train.build(config)
     net = _init_net(config, spec, 0).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = train.make_adam(net.parameters(), config.lr, device)
     data_gen = torch.Generator(device).manual_seed(train.derive_seed(0, "data"))
     window = torch.zeros(len(train.WINDOW), device=device)
     tau = _tau(config)
@@ -267,7 +267,7 @@ def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
 def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[], None]:
     task, spec = train.build(config)
     ens = Ensemble([_init_net(config, spec, seed) for seed in range(k)]).to(device)
-    opt = torch.optim.Adam(ens.ordered_parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = train.make_adam(ens.ordered_parameters(), config.lr, device)
     gens = [
         torch.Generator(device).manual_seed(train.derive_seed(seed, "data")) for seed in range(k)
     ]

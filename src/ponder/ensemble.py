@@ -23,10 +23,9 @@ import torch
 from torch import nn
 
 from . import train
-from .act import ponder_token
+from .act import ponder_token, take_rows
 from .config import RunConfig
 from .models import ModelSpec, PonderNet, build_model
-from .repeat import repeat_tokens
 
 # The fields that may differ between members of one ensemble; all others must be equal.
 MEMBER_FIELDS = ("seed", "tau", "steps", "stop_when_solved", "progress")
@@ -120,16 +119,22 @@ class Ensemble(nn.Module):
         return (h, h.clone()) if self.spec.cell == "lstm" else h
 
     def _repeat(self, x: torch.Tensor):
-        k, b, t, f = x.shape
+        k, b, t, _ = x.shape
         w_ih, w_hh, b_ih, b_hh = self._weights("core.rnn", "_l0")
-        xr = repeat_tokens(x.reshape(k * b, t, f), self.rho).view(k, b, t * self.rho, f + 1)
-        gi_all = _linear(xr, w_ih, b_ih)  # (K, B, T*rho, G*H): all input projections at once
+        # A token's rho repeats differ only in the flag (the first input column), so project
+        # each token once and add the flag's column on its first repeat.
+        w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H)
+        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih).unbind(2)  # T x (K, B, G*H)
         state = self._zero_state(x)
         outs = []
         for i in range(t * self.rho):
+            token, repeat = divmod(i, self.rho)
+            gi = g_tokens[token] + w_flag if repeat == 0 else g_tokens[token]
             h = state[0] if isinstance(state, tuple) else state
-            state = _cell_update(self.spec.cell, gi_all[:, :, i], _linear(h, w_hh, b_hh), state)
-            if i % self.rho == self.rho - 1:
+            # The first step's h is zero: h W_hh^T = 0 exactly, so skip that matmul.
+            gh = b_hh.unsqueeze(1) if i == 0 else _linear(h, w_hh, b_hh)  # (K, 1|B, G*H)
+            state = _cell_update(self.spec.cell, gi, gh, state)
+            if repeat == self.rho - 1:
                 outs.append(state[0] if isinstance(state, tuple) else state)
         y = torch.stack(outs, 2)  # (K, B, T, H)
         fixed = torch.full((k, b, t), float(self.rho), device=x.device, dtype=x.dtype)
@@ -138,12 +143,9 @@ class Ensemble(nn.Module):
     def _act(self, x: torch.Tensor):
         w_ih, w_hh, b_ih, b_hh = self._weights("core.cell")
         w_halt, b_halt = self.p("core.halting.weight"), self.p("core.halting.bias")
-
-        def cell(inp, state):
-            h = state[0] if isinstance(state, tuple) else state
-            return _cell_update(
-                self.spec.cell, _linear(inp, w_ih, b_ih), _linear(h, w_hh, b_hh), state
-            )
+        w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
+        # x_t's projection is the same on every ponder step: compute it once per token.
+        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih).unbind(2)  # T x (K, B, G*H)
 
         def halt(y):
             return torch.sigmoid(_linear(y, w_halt, b_halt)).squeeze(-1)
@@ -151,8 +153,15 @@ class Ensemble(nn.Module):
         state = self._zero_state(x)
         outs, steps, rems = [], [], []
         for t in range(x.shape[2]):
+            g_first, g_later = g_tokens[t] + w_flag, g_tokens[t]
+
+            def step(n, s, rows, g_first=g_first, g_later=g_later):
+                h = s[0] if isinstance(s, tuple) else s
+                gi = take_rows(g_first if n == 1 else g_later, rows)
+                return _cell_update(self.spec.cell, gi, _linear(h, w_hh, b_hh), s)
+
             y, state, n_t, r_t, _ = ponder_token(
-                cell, halt, x[:, :, t], state, self.spec.epsilon, self.spec.max_ponder
+                step, halt, state, self.spec.epsilon, self.spec.max_ponder
             )
             outs.append(y)
             steps.append(n_t)
@@ -230,7 +239,7 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
         if ckpt is not None:
             net.load_state_dict(ckpt["model"])
     ens = Ensemble(nets).to(device)
-    opt = torch.optim.Adam(ens.ordered_parameters(), lr=c0.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = train.make_adam(ens.ordered_parameters(), c0.lr, device)
     if ckpts[0] is not None:
         opt.load_state_dict(stack_optimizer_states(ens, [c["optimizer"] for c in ckpts]))
     gens = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import sweep as sweeps
+from . import train
 from .config import RunConfig
 from .train import build, derive_seed, resolve_device
 
@@ -93,7 +94,7 @@ def measure_steps_per_second(config: RunConfig, steps: int = 5) -> float:
 
     device = resolve_device(config.device)
     net = build_model(spec, config.init, torch.Generator().manual_seed(0)).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    opt = train.make_adam(net.parameters(), config.lr, device)
     gen = torch.Generator(device).manual_seed(derive_seed(0, "data"))
     from .train import objective
 

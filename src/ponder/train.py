@@ -101,6 +101,14 @@ def build(config: RunConfig) -> tuple[tasks.Task, ModelSpec]:
     return task, spec
 
 
+def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """The paper's Adam (betas 0.9, 0.999, eps 1e-8), as one fused kernel over all parameters
+    where PyTorch has it (CPU and CUDA): several times faster than the per-tensor loop for
+    these small networks, and elementwise, so a stacked ensemble's members stay independent."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+
+
 def objective(
     task: tasks.Task,
     logits: torch.Tensor,
@@ -365,7 +373,7 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     task, spec = build(config)
     init_gen = torch.Generator().manual_seed(derive_seed(config.seed, "init"))
     net = build_model(spec, config.init, init_gen).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8)
+    opt = make_adam(net.parameters(), config.lr, device)
     data_gen = torch.Generator(device).manual_seed(derive_seed(config.seed, "data"))
     eval_x, eval_y = eval_set(task, config, device)
     tau = config.tau if config.model == "act" else 0.0  # a fixed ponder cost is no penalty

@@ -36,7 +36,12 @@ class Parity(BinaryTask):
         batch = check_batch_size("parity", batch_size)
         device = generator.device
         k = uniform_int(generator, 1, self.bits, (batch, 1))  # how many positions are set
-        signs = uniform_int(generator, 0, 1, (batch, self.bits)) * 2 - 1
+        # The signs are the bits of random 32-bit words: one draw per 32 positions, not one
+        # per position (drawing is most of the cost of a batch).
+        words = uniform_int(generator, 0, 2**32 - 1, (batch, (self.bits + 31) // 32, 1))
+        shifts = torch.arange(32, device=device)
+        bits = ((words >> shifts) & 1).flatten(1)[:, : self.bits]  # (B, bits) in {0, 1}
+        signs = bits * 2 - 1
         present = torch.arange(self.bits, device=device) < k
         values = torch.where(present, signs, 0)
         targets = (values == 1).sum(-1, keepdim=True) % 2
