@@ -168,3 +168,16 @@ def test_sweep_killed_midway_resumes_to_the_same_result(tmp_path):
     for run in (tmp_path / "ref").glob("*-seed0"):
         assert _rows(out / run.name) == _rows(run), run.name
     assert b"3 done" in again.stdout
+
+
+def test_plan_batches_runs_of_one_shape(grid_file, tmp_path):
+    grid = sweep.load_grid(grid_file, seeds=3)
+    jobs = sweep.plan_jobs(grid.runs, tmp_path, batch=16)
+    by_size = sorted(len(j) for j in jobs)
+    # rnn (3 seeds), act (2 taus x 3 seeds, one shape), repeat rho 2 and rho 3 (3 seeds each)
+    assert by_size == [3, 3, 3, 6]
+    assert len(sweep.plan_jobs(grid.runs, tmp_path, batch=1)) == 15
+    assert sorted(len(j) for j in sweep.plan_jobs(grid.runs, tmp_path, batch=4)) == [2, 3, 3, 3, 4]
+    # an LSTM of 512 cells trains alone on a CPU, where batching it is slower
+    big = sweep.load_grid(sweep.builtin_grid("addition-table"), seeds=2, device="cpu")
+    assert all(len(j) == 1 for j in sweep.plan_jobs(big.runs, tmp_path, batch=16))

@@ -514,3 +514,17 @@ def test_make_errors(name: str, options: dict, fragment: str) -> None:
 def test_sample_refuses_bad_batch_size(name: str, batch_size: object) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         make(name).sample(batch_size, gen(0))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["parity", "addition", "logic", "sort"])
+def test_sample_many_is_sample_per_generator(name):
+    """An ensemble's batched draw gives each member exactly its own single-run batch."""
+    task = make(name)
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
+    x, y = task.sample_many(16, gens)
+    for k, s in enumerate((3, 4, 5)):
+        xs, ys = task.sample(16, torch.Generator().manual_seed(s))
+        assert torch.equal(x[k], xs) and torch.equal(y[k], ys)
+    # and the generators advanced as sample() advances them
+    again = task.sample_many(16, gens)
+    assert not torch.equal(again[0], x)

@@ -277,9 +277,7 @@ def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[
     def step() -> None:  # ensemble._train's step, without the logging
         nonlocal window
         ens.train()
-        batches = [task.sample(config.batch_size, g) for g in gens]
-        x = torch.stack([b[0] for b in batches])
-        y = torch.stack([b[1] for b in batches])
+        x, y = task.sample_many(config.batch_size, gens)
         logits, info = ens(x)
         loss_seq, _ = train.objective(task, logits, y, info, tau, config.ponder_loss)
         loss_k = loss_seq.mean(-1)

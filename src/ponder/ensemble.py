@@ -41,6 +41,20 @@ def group_key(config: RunConfig) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in d.items()))
 
 
+def worth_batching(config: RunConfig) -> bool:
+    """Whether training runs of ``config`` as an ensemble beats training them one by one.
+
+    On a GPU it always does (the step is launch-bound). On a CPU it does for the small networks
+    of parity and logic, whose step is bound by per-op overhead, but not for an LSTM of 512
+    cells (addition, sort), whose step is bound by arithmetic and where PyTorch's fused LSTM
+    kernel beats batched matmuls (``ponder bench``: 0.5x to 0.9x on 2 cores).
+    """
+    if train.resolve_device(config.device).type == "cuda":
+        return True
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[config.cell]
+    return config.hidden * gates <= 512
+
+
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-run ``x @ w.T + b``: x ``[K, ..., I]``, w ``[K, O, I]``, b ``[K, O]``."""
     k = x.shape[0]
@@ -260,9 +274,7 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
     try:
         while step < budget and live:
             ens.train()
-            batches = [task.sample(c0.batch_size, g) for g in gens]  # each member's own stream
-            x = torch.stack([b[0] for b in batches])  # (K, B, T, F)
-            y = torch.stack([b[1] for b in batches])
+            x, y = task.sample_many(c0.batch_size, gens)  # (K, B, T, F): each member's stream
             logits, info = ens(x)
             loss_seq, task_loss = train.objective(task, logits, y, info, tau, c0.ponder_loss)
             loss_k = loss_seq.mean(-1)  # (K,): each member's own loss

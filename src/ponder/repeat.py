@@ -19,11 +19,11 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 def repeat_tokens(x: torch.Tensor, rho: int) -> torch.Tensor:
     """``[B, T, F]`` -> ``[B, T * rho, F + 1]``: each token rho times, first-repeat flag first."""
-    batch, time, _ = x.shape
-    repeated = x.repeat_interleave(rho, dim=1)  # (B, T*rho, F)
-    first = torch.arange(time * rho, device=x.device) % rho == 0  # delta_{n,1}
-    flag = first.to(x.dtype).view(1, -1, 1).expand(batch, -1, 1)  # (B, T*rho, 1)
-    return torch.cat([flag, repeated], -1)
+    batch, time, features = x.shape
+    out = x.new_zeros(batch, time, rho, features + 1)
+    out[:, :, :, 1:] = x.unsqueeze(2)  # the token on each of its rho repeats
+    out[:, :, 0, 0] = 1.0  # delta_{n,1}
+    return out.view(batch, time * rho, features + 1)
 
 
 class Repeat(nn.Module):

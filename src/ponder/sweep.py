@@ -332,9 +332,10 @@ def plan_jobs(
 
     With ``batch`` > 1, runs that share a shape (``ensemble.group_key``: the seeds of a
     configuration, ACT's tau values) and start from the same point (all new, or all resuming
-    from one checkpoint step) train together as ensembles of at most ``batch`` runs.
+    from one checkpoint step) train together as ensembles of at most ``batch`` runs, where
+    that is faster (``ensemble.worth_batching``).
     """
-    from .ensemble import group_key
+    from .ensemble import group_key, worth_batching
 
     groups: dict[tuple, list[tuple[RunConfig, Path]]] = {}
     for r in runs:
@@ -342,9 +343,12 @@ def plan_jobs(
         status = run_status(run_dir, r.config)
         if status in ("done", "diverged"):
             continue
-        key = (group_key(r.config), _resume_step(run_dir)) if batch > 1 else (r.name,)
+        if batch > 1 and worth_batching(r.config):
+            key = (group_key(r.config), _resume_step(run_dir))
+        else:
+            key = (r.name,)
         groups.setdefault(key, []).append((r.config, run_dir))
-    return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), max(1, batch))]
+    return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), batch)]
 
 
 def _resume_step(run_dir: Path) -> int:

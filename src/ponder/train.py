@@ -119,6 +119,8 @@ def objective(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence ``(loss, task_loss)``, ``[...]``: task loss + tau * ponder term."""
     task_loss = task.loss(logits, targets)
+    if isinstance(tau, float) and tau == 0.0:  # no penalty (Repeat, the RNN): nothing to add
+        return task_loss, task_loss
     cost = info["ponder_cost"]  # rho_t = N(t) + R(t), (..., T)
     ponder = cost.mean(-1) if ponder_loss == "mean" else cost.sum(-1)
     return task_loss + tau * ponder, task_loss
@@ -445,7 +447,13 @@ def window_terms(loss: torch.Tensor, info: dict[str, torch.Tensor]) -> torch.Ten
     """``[..., len(WINDOW)]``: this step's loss, ponder, N, paper ponder and a not-finite flag
     (per run for an ensemble's ``[K]`` loss)."""
     lead = loss.dim()
-    mean = lambda t: t.flatten(lead).mean(-1)  # noqa: E731  (over batch and time)
+    means: dict[int, torch.Tensor] = {}  # Repeat's three are one tensor: its mean once
+
+    def mean(t: torch.Tensor) -> torch.Tensor:  # over batch and time
+        if id(t) not in means:
+            means[id(t)] = t.flatten(lead).mean(-1)
+        return means[id(t)]
+
     terms = [loss, mean(info["ponder_cost"]), mean(info["steps"]), mean(info["paper_ponder"])]
     return torch.stack([*terms, (~torch.isfinite(loss)).to(loss.dtype)], -1)
 

@@ -57,6 +57,14 @@ class Task(ABC):
         holds no input (padding).
         """
 
+    def sample_many(
+        self, batch_size: int, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch per generator, stacked ``[K, ...]``: exactly ``sample`` with each (a task
+        may override it to compute the non-random part once for all K)."""
+        batches = [self.sample(batch_size, g) for g in generators]
+        return torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])
+
     def accuracy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Fraction of sequences right, averaged over the batch axis (the last axis of
         ``correct``'s shape): ``[B]`` gives a scalar, ``[K, B]`` gives ``[K]``."""

@@ -12,8 +12,10 @@ Shapes: inputs ``[B, 1, bits]`` float32, targets ``[B, 1]`` int64 in {0, 1}.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ponder.tasks._common import BinaryTask, check_batch_size, check_int, uniform_int
+from ponder.tasks.base import IGNORE
 
 
 class Parity(BinaryTask):
@@ -33,19 +35,42 @@ class Parity(BinaryTask):
         self, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``(inputs [B, 1, bits], targets [B, 1])`` from ``generator`` on its device."""
+        return self._build(*self._draw(check_batch_size("parity", batch_size), generator))
+
+    def sample_many(
+        self, batch_size: int, generators: list[torch.Generator]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``sample`` for each generator, stacked ``[K, ...]``: the random numbers come from each
+        generator as ``sample`` draws them, the rest is computed once for all K."""
         batch = check_batch_size("parity", batch_size)
-        device = generator.device
-        k = uniform_int(generator, 1, self.bits, (batch, 1))  # how many positions are set
-        # The signs are the bits of random 32-bit words: one draw per 32 positions, not one
-        # per position (drawing is most of the cost of a batch).
+        draws = [self._draw(batch, g) for g in generators]
+        return self._build(*(torch.stack(parts) for parts in zip(*draws, strict=True)))
+
+    def _draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random numbers of a batch: k (positions set) and the signs as 32-bit words (one
+        draw per 32 positions, not one per position: drawing is most of a batch's cost)."""
+        k = uniform_int(generator, 1, self.bits, (batch, 1))
         words = uniform_int(generator, 0, 2**32 - 1, (batch, (self.bits + 31) // 32, 1))
+        return k, words
+
+    def _build(self, k: torch.Tensor, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets from the draws, for any leading dims ``[..., B, ...]``."""
+        device = k.device
         shifts = torch.arange(32, device=device)
-        bits = ((words >> shifts) & 1).flatten(1)[:, : self.bits]  # (B, bits) in {0, 1}
-        signs = bits * 2 - 1
-        present = torch.arange(self.bits, device=device) < k
-        values = torch.where(present, signs, 0)
-        targets = (values == 1).sum(-1, keepdim=True) % 2
-        return values.float().unsqueeze(1), targets
+        bits = ((words >> shifts) & 1).flatten(-2)[..., : self.bits]  # (..., B, bits) in {0, 1}
+        present = torch.arange(self.bits, device=device) < k  # the first k positions
+        plus = (bits == 1) & present
+        values = plus.float() * 2 - present.float()  # +1, -1 where present, else 0
+        targets = plus.sum(-1, keepdim=True) % 2
+        return values.unsqueeze(-2), targets
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-sequence binary cross-entropy ``[...]``: one step, so no mean over time."""
+        scores = self._split(logits, targets)  # (..., 1)
+        valid = targets != IGNORE
+        labels = torch.where(valid, targets, 0).to(scores.dtype).expand_as(scores)
+        per_step = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+        return torch.where(valid, per_step, 0.0).squeeze(-1)
 
     def difficulty(self, inputs: torch.Tensor) -> torch.Tensor:
         """Number of nonzero values of each token: ``[..., 1]`` int64."""
