@@ -252,14 +252,9 @@ def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
         nonlocal window
         net.train()
         x, y = task.sample(config.batch_size, data_gen)
-        logits, info = net(x)
-        loss_seq, _ = train.objective(task, logits, y, info, tau, config.ponder_loss)
-        loss = loss_seq.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, _, _, info = train.train_step(net, opt, task, x, y, tau, config.ponder_loss)
         with torch.no_grad():
-            window += train.window_terms(loss.detach(), info)
+            window += train.window_terms(loss, info)
 
     return step
 
@@ -278,14 +273,9 @@ def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[
         nonlocal window
         ens.train()
         x, y = task.sample_many(config.batch_size, gens)
-        logits, info = ens(x)
-        loss_seq, _ = train.objective(task, logits, y, info, tau, config.ponder_loss)
-        loss_k = loss_seq.mean(-1)
-        opt.zero_grad(set_to_none=True)
-        loss_k.sum().backward()
-        opt.step()
+        loss_k, _, _, info = train.train_step(ens, opt, task, x, y, tau, config.ponder_loss)
         with torch.no_grad():
-            window += train.window_terms(loss_k.detach(), info)
+            window += train.window_terms(loss_k, info)
 
     return step
 

@@ -60,6 +60,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     a("--solve-window", type=int, help="Savitzky-Golay window of the solve criterion (71)")
     a("--seed", type=int)
     a("--device", help="auto | cpu | cuda")
+    a(
+        "--tf32",
+        action="store_const",
+        const=True,
+        default=None,
+        help="TF32 matmuls on a CUDA GPU (opt-in; no effect on a CPU)",
+    )
     a("--stop-when-solved", action="store_const", const=True, default=None)
     a("--no-progress", dest="progress", action="store_const", const=False, default=None)
     for name, doc in TASK_FLAGS.items():

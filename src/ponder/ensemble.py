@@ -244,6 +244,7 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
     c0 = configs[0]
     k = len(configs)
     device = train.resolve_device(c0.device)
+    train.set_matmul_precision(c0, device)
     task, spec = train.build(c0)
     nets = [
         build_model(spec, c.init, torch.Generator().manual_seed(train.derive_seed(c.seed, "init")))
@@ -275,15 +276,12 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
         while step < budget and live:
             ens.train()
             x, y = task.sample_many(c0.batch_size, gens)  # (K, B, T, F): each member's stream
-            logits, info = ens(x)
-            loss_seq, task_loss = train.objective(task, logits, y, info, tau, c0.ponder_loss)
-            loss_k = loss_seq.mean(-1)  # (K,): each member's own loss
-            opt.zero_grad(set_to_none=True)
-            torch.where(alive, loss_k, torch.zeros_like(loss_k)).sum().backward()
-            opt.step()
+            loss_k, task_loss, logits, info = train.train_step(
+                ens, opt, task, x, y, tau, c0.ponder_loss, alive
+            )  # loss_k (K,): each member's own loss
             step += 1
             with torch.no_grad():
-                window += train.window_terms(loss_k.detach(), info)
+                window += train.window_terms(loss_k, info)
             ends = [i for i in live if step == configs[i].steps]
             if step % c0.log_every and not ends:
                 continue
@@ -291,8 +289,8 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
             means = (window / (step - log_step)).tolist()
             log_step = step
             window.zero_()
-            acc = task.accuracy(logits.detach(), y).tolist()
-            task_loss_k = task_loss.detach().mean(-1).tolist()
+            acc = task.accuracy(logits, y).tolist()
+            task_loss_k = task_loss.mean(-1).tolist()
             evals = _evaluate(ens, task, eval_x, eval_y)
             for i in list(live):
                 m = dict(zip(train.WINDOW, means[i], strict=True))

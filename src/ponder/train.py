@@ -61,6 +61,13 @@ def derive_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def set_matmul_precision(config: RunConfig, device: torch.device) -> None:
+    """TF32 matmuls (and cuDNN convolutions/RNNs) on a CUDA GPU when the config opts in."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32
+        torch.backends.cudnn.allow_tf32 = config.tf32
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -124,6 +131,32 @@ def objective(
     cost = info["ponder_cost"]  # rho_t = N(t) + R(t), (..., T)
     ponder = cost.mean(-1) if ponder_loss == "mean" else cost.sum(-1)
     return task_loss + tau * ponder, task_loss
+
+
+def train_step(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    task: tasks.Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tau: float | torch.Tensor,
+    ponder_loss: str = "mean",
+    alive: torch.Tensor | None = None,
+):
+    """One Adam step on a batch; returns each run's loss (``[]``, or ``[K]`` for an ensemble),
+    the per-sequence task loss, the logits (all detached) and the model's info.
+
+    ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped.
+    No number leaves the device here.
+    """
+    logits, info = net(x)
+    loss_seq, task_loss = objective(task, logits, y, info, tau, ponder_loss)
+    loss = loss_seq.mean(-1)  # the batch mean, per run
+    total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    opt.step()
+    return loss.detach(), task_loss.detach(), logits.detach(), info
 
 
 def read_config(out_dir: Path) -> RunConfig:
@@ -368,6 +401,7 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     when the loss became NaN or infinite; the run then stops at the log step that saw it.
     """
     device = resolve_device(config.device)
+    set_matmul_precision(config, device)
     rec = Recorder(config, out_dir)
     if (done := rec.finished()) is not None:
         return done
@@ -394,15 +428,12 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         while step < config.steps:
             net.train()
             x, y = task.sample(config.batch_size, data_gen)
-            logits, info = net(x)
-            loss_seq, task_loss = objective(task, logits, y, info, tau, config.ponder_loss)
-            loss = loss_seq.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss, task_loss, logits, info = train_step(
+                net, opt, task, x, y, tau, config.ponder_loss
+            )
             step += 1
             with torch.no_grad():
-                window += window_terms(loss.detach(), info)
+                window += window_terms(loss, info)
             bar.update(1)
             if step % config.log_every and step != config.steps:
                 continue
@@ -416,8 +447,8 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
             row = {
                 "step": step,
                 **{k: means[k] for k in ("loss", "ponder", "steps", "paper_ponder")},
-                "task_loss": float(task_loss.detach().mean()),
-                "train_accuracy": float(task.accuracy(logits.detach(), y)),
+                "task_loss": float(task_loss.mean()),
+                "train_accuracy": float(task.accuracy(logits, y)),
                 **_evaluate(net, task, eval_x, eval_y),
                 "elapsed_s": rec.elapsed(),
             }
