@@ -19,8 +19,10 @@ Details that public ports get wrong and that decide results: the halting test at
 h_t^n itself; R carries gradient (through the earlier h's) while the last h_t^N(t) gets none; at
 the cap M the weights still sum to 1 (p^M = R); for an LSTM both h and c are averaged.
 
-Halting is per sample, with masks: a sample that has halted keeps its state and output while the
-others go on, and the loop for a token ends when every sample has halted.
+Halting is per sample: a sample that has halted keeps its state and output while the others go
+on, and the loop for a token ends when every sample has halted. Each ponder step computes only
+the samples still running (gathered into a compact set), so the few samples that ponder long do
+not make the whole batch pay for every step.
 """
 
 from __future__ import annotations
