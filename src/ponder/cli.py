@@ -178,7 +178,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         if args.quick:
             grid = reproduce.quick_grid()
             print(f"ponder reproduce {task} --quick: a reduced experiment, "
-                  f"{len(grid.runs)} runs, about 10 minutes on 2 CPU cores")  # fmt: skip
+                  f"{len(grid.runs)} runs, about 4 minutes on 2 CPU cores")  # fmt: skip
         else:
             grid = reproduce.full_grid(task, seeds=args.seeds)
             print(f"ponder reproduce {task}: the paper's protocol at full scale, "
