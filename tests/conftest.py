@@ -17,3 +17,29 @@ def tiny():
         return resolve(RunConfig(**base))
 
     return make
+
+
+TINY_GRID = """
+name: tiny
+base:
+  task: parity
+  task_options: {bits: 4}
+  hidden: 8
+  batch_size: 16
+  log_every: 10
+  eval_size: 32
+  device: cpu
+seeds: 2
+budget: 40
+stop_when_solved: false
+axes:
+  - {model: rnn}
+  - {model: act, tau: [0.1, 0.01]}
+  - {model: repeat, rho: [2, 3]}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_grid():
+    """A grid of five tiny configurations (rnn, act x2 taus, repeat x2 rhos), 2 seeds, 40 steps."""
+    return TINY_GRID

@@ -21,26 +21,6 @@ from ponder import ray_executor, sweep, train  # noqa: E402
 from ponder.config import ConfigError, RunConfig, resolve  # noqa: E402
 from ponder.ray_executor import RayExecutor  # noqa: E402
 
-# The tiny grid of test_sweep.py (kept here so the two files can change apart).
-GRID = """
-name: tiny
-base:
-  task: parity
-  task_options: {bits: 4}
-  hidden: 8
-  batch_size: 16
-  log_every: 10
-  eval_size: 32
-  device: cpu
-seeds: 2
-budget: 40
-stop_when_solved: false
-axes:
-  - {model: rnn}
-  - {model: act, tau: [0.1, 0.01]}
-  - {model: repeat, rho: [2, 3]}
-"""
-
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
@@ -56,9 +36,9 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, tiny_grid):
     path = tmp_path_factory.mktemp("grid") / "tiny.yaml"
-    path.write_text(GRID)
+    path.write_text(tiny_grid)
     return sweep.load_grid(path, seeds=1, progress=False)
 
 
@@ -160,9 +140,9 @@ def test_exhausted_retries_and_failed_runs_do_not_stop_the_others(tmp_path):
     assert "different config" in (out / "clash" / sweep.ERROR_FILE).read_text()
 
 
-def test_an_instance_it_starts_is_shut_down(tmp_path):
+def test_an_instance_it_starts_is_shut_down(tmp_path, tiny_grid):
     """`ponder sweep --executor ray` without --address: a private instance, gone afterwards."""
-    (tmp_path / "g.yaml").write_text(GRID.replace("rho: [2, 3]", "rho: [2]"))
+    (tmp_path / "g.yaml").write_text(tiny_grid.replace("rho: [2, 3]", "rho: [2]"))
     script = (
         "import ray; from ponder import sweep; from ponder.ray_executor import RayExecutor\n"
         f"g = sweep.load_grid({str(tmp_path / 'g.yaml')!r}, seeds=1, budget=20, progress=False)\n"

@@ -12,30 +12,11 @@ from ponder import sweep, train
 from ponder.cli import main
 from ponder.config import ConfigError
 
-GRID = """
-name: tiny
-base:
-  task: parity
-  task_options: {bits: 4}
-  hidden: 8
-  batch_size: 16
-  log_every: 10
-  eval_size: 32
-  device: cpu
-seeds: 2
-budget: 40
-stop_when_solved: false
-axes:
-  - {model: rnn}
-  - {model: act, tau: [0.1, 0.01]}
-  - {model: repeat, rho: [2, 3]}
-"""
-
 
 @pytest.fixture
-def grid_file(tmp_path):
+def grid_file(tmp_path, tiny_grid):
     path = tmp_path / "tiny.yaml"
-    path.write_text(GRID)
+    path.write_text(tiny_grid)
     return path
 
 
@@ -144,10 +125,10 @@ def _rows(d):
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in train.read_metrics(d)]
 
 
-def test_sweep_killed_midway_resumes_to_the_same_result(tmp_path):
+def test_sweep_killed_midway_resumes_to_the_same_result(tmp_path, tiny_grid):
     small = tmp_path / "small.yaml"
     small.write_text(
-        GRID.replace("tau: [0.1, 0.01]", "tau: [0.1]").replace("rho: [2, 3]", "rho: [2]")
+        tiny_grid.replace("tau: [0.1, 0.01]", "tau: [0.1]").replace("rho: [2, 3]", "rho: [2]")
     )
     cmd = [sys.executable, "-m", "ponder.cli", "sweep", str(small), "--seeds", "1",
            "--budget", "150", "--jobs", "2"]  # fmt: skip
