@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, from_dict, load_yaml, resolve
+from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -73,7 +73,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         a(f"--{name.replace('_', '-')}", type=int, help=doc)
 
 
-def config_from_args(args: argparse.Namespace) -> Any:
+def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Merge a YAML config (if any) with the flags given, and resolve it."""
     data = load_yaml(args.config) if args.config else {}
     options = dict(data.get("task_options") or {})

@@ -221,8 +221,8 @@ def run_group(configs: list[RunConfig], run_dirs: list[Path]) -> list[dict[str, 
     if len({group_key(c) for c in configs}) != 1:
         raise ValueError("run_group: the configs differ in more than seed and tau")
     recs = [train.Recorder(c, d) for c, d in zip(configs, run_dirs, strict=True)]
-    todo = [i for i, r in enumerate(recs) if r.finished() is None]
     summaries: list[dict[str, Any] | None] = [r.finished() for r in recs]
+    todo = [i for i, s in enumerate(summaries) if s is None]
     if not todo:
         return summaries  # type: ignore[return-value]
     ckpts = [recs[i].resume() for i in todo]

@@ -28,8 +28,8 @@ FULL_GRIDS = {
 class Quick:
     """The reduced parity experiment of ``--quick`` (see QUICK_NOTE for why these values)."""
 
-    bits: int = 32
-    steps: int = 24_000
+    bits: int = 24
+    steps: int = 30_000
     log_every: int = 200
     solve_window: int = 11
     seeds: int = 3

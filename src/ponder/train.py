@@ -44,7 +44,6 @@ COLUMNS = [
 ]  # fmt: skip
 # Window means accumulated on the device between logs (no host sync inside a step).
 WINDOW = ("loss", "ponder", "steps", "paper_ponder", "nonfinite")
-EXIT_DIVERGED = 3
 
 
 class RunError(Exception):
