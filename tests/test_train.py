@@ -163,3 +163,12 @@ def test_torch_initialisation_and_seeding():
     bound = 1 / math.sqrt(32)
     assert a.core.cell.bias_hh.abs().max() <= bound
     assert a.core.cell.bias_hh.abs().max() > 0.8 * bound
+
+
+def test_last_logged_step_reads_the_last_complete_row(tiny, tmp_path):
+    assert train.last_logged_step(tmp_path) == 0
+    train.run(tiny(steps=30), tmp_path)
+    assert train.last_logged_step(tmp_path) == 30
+    with (tmp_path / "metrics.csv").open("a") as f:
+        f.write("40,0.5")  # a row still being written
+    assert train.last_logged_step(tmp_path) == 30

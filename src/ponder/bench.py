@@ -212,10 +212,6 @@ def naive_loss(task, logits: torch.Tensor, y: torch.Tensor, cost: torch.Tensor, 
 # The three training steps
 
 
-def _tau(config: RunConfig) -> float:
-    return config.tau if config.model == "act" else 0.0
-
-
 def _init_net(config: RunConfig, spec, seed: int):
     gen = torch.Generator().manual_seed(train.derive_seed(seed, "init"))
     return build_model(spec, config.init, gen)
@@ -226,7 +222,7 @@ def naive_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
     model = copy_weights(naive_model(config, task), _init_net(config, spec, 0)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(train.derive_seed(0, "data"))  # data on the host
-    tau = _tau(config)
+    tau = train.effective_tau(config)
 
     def step() -> None:
         x, y = task.sample(config.batch_size, gen)
@@ -246,7 +242,7 @@ def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
     opt = train.make_adam(net.parameters(), config.lr, device)
     data_gen = torch.Generator(device).manual_seed(train.derive_seed(0, "data"))
     window = torch.zeros(len(train.WINDOW), device=device)
-    tau = _tau(config)
+    tau = train.effective_tau(config)
 
     def step() -> None:  # train.run's step, without the logging
         nonlocal window
@@ -266,7 +262,7 @@ def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[
     gens = [
         torch.Generator(device).manual_seed(train.derive_seed(seed, "data")) for seed in range(k)
     ]
-    tau = torch.full((k, 1), _tau(config), device=device)
+    tau = torch.full((k, 1), train.effective_tau(config), device=device)
     window = torch.zeros(k, len(train.WINDOW), device=device)
 
     def step() -> None:  # ensemble._train's step, without the logging

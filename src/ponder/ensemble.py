@@ -25,7 +25,7 @@ from torch import nn
 from . import train
 from .act import ponder_token, take_rows
 from .config import RunConfig
-from .models import ModelSpec, PonderNet, build_model
+from .models import GATES, ModelSpec, PonderNet, build_model
 
 # The fields that may differ between members of one ensemble; all others must be equal.
 MEMBER_FIELDS = ("seed", "tau", "steps", "stop_when_solved", "progress")
@@ -51,8 +51,7 @@ def worth_batching(config: RunConfig) -> bool:
     """
     if train.resolve_device(config.device).type == "cuda":
         return True
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}[config.cell]
-    return config.hidden * gates <= 512
+    return config.hidden * GATES[config.cell] <= 512
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -264,9 +263,9 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
             g.set_state(ckpt["data_rng"].to(g.get_state().device))
         gens.append(g)
     eval_x, eval_y = train.eval_set(task, c0, device)
-    tau = torch.tensor(
-        [c.tau if c.model == "act" else 0.0 for c in configs], device=device
-    ).unsqueeze(1)  # (K, 1): each member's own time penalty
+    tau = torch.tensor([train.effective_tau(c) for c in configs], device=device).unsqueeze(
+        1
+    )  # (K, 1): each member's own time penalty
     alive = torch.ones(k, dtype=torch.bool, device=device)  # members still training
     live = list(range(k))
     window = torch.zeros(k, len(train.WINDOW), device=device)

@@ -15,7 +15,8 @@ import torch
 
 from . import sweep as sweeps
 from . import train
-from .config import RunConfig
+from .config import RunConfig, from_dict, resolve
+from .models import build_model
 from .train import build, derive_seed, resolve_device
 
 FULL_GRIDS = {
@@ -61,8 +62,6 @@ def quick_grid() -> sweeps.Grid:
         "stop_when_solved": True,
         "progress": False,
     }
-    from .config import from_dict, resolve
-
     runs = []
     points = [{"model": "rnn"}]
     points += [{"model": "act", "tau": t} for t in q.taus]
@@ -90,21 +89,15 @@ def full_grid(task: str, seeds: int | None = None) -> sweeps.Grid:
 def measure_steps_per_second(config: RunConfig, steps: int = 5) -> float:
     """Training steps per second of ``config`` on its device, after one warm-up step."""
     task, spec = build(config)
-    from .models import build_model
-
     device = resolve_device(config.device)
     net = build_model(spec, config.init, torch.Generator().manual_seed(0)).to(device)
     opt = train.make_adam(net.parameters(), config.lr, device)
     gen = torch.Generator(device).manual_seed(derive_seed(0, "data"))
-    from .train import objective
+    tau = train.effective_tau(config)
 
     def one() -> None:
         x, y = task.sample(config.batch_size, gen)
-        logits, info = net(x)
-        loss = objective(task, logits, y, info, config.tau)[0].mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train.train_step(net, opt, task, x, y, tau, config.ponder_loss)
 
     one()
     if device.type == "cuda":

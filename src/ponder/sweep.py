@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve
-from .train import RunError, atomic_write, read_metrics, read_summary
+from .train import (
+    RunError,
+    atomic_write,
+    check_same_run,
+    last_logged_step,
+    load_checkpoint,
+    read_summary,
+)
 
 GRID_KEYS = {"name", "description", "base", "seeds", "budget", "stop_when_solved", "axes", "note"}
 ERROR_FILE = "error.txt"
@@ -343,26 +350,22 @@ def plan_jobs(
         status = run_status(run_dir, r.config)
         if status in ("done", "diverged"):
             continue
-        if batch > 1 and worth_batching(r.config):
-            key = (group_key(r.config), _resume_step(run_dir))
-        else:
-            key = (r.name,)
+        resume = _resume_step(run_dir) if batch > 1 and worth_batching(r.config) else None
+        key = (group_key(r.config), resume) if resume is not None else (r.name,)
         groups.setdefault(key, []).append((r.config, run_dir))
     return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), batch)]
 
 
-def _resume_step(run_dir: Path) -> int:
-    """The step a run would resume from (0 for a new one)."""
-    rows = read_metrics(run_dir)
+def _resume_step(run_dir: Path) -> int | None:
+    """The step a run would resume from: 0 for a new one, None for a broken checkpoint (that
+    run trains, and fails with its clear error, alone)."""
     path = run_dir / "checkpoint.pt"
     if not path.exists():
         return 0
-    from .train import load_checkpoint
-
     try:
         return int(load_checkpoint(path)["step"])
     except RunError:
-        return -1 - len(rows)  # a broken checkpoint: its run trains (and fails) alone
+        return None
 
 
 def sweep(
@@ -378,16 +381,8 @@ def sweep(
     """
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    for r in grid.runs:
-        if (sweep_dir / r.name / "config.yaml").exists():
-            from .train import read_config
-
-            old = read_config(sweep_dir / r.name)
-            if old.identity() != r.config.identity():
-                raise RunError(
-                    f"{sweep_dir / r.name} holds a run with a different config; "
-                    "use another --out for a changed grid"
-                )
+    for r in grid.runs:  # a changed grid must not mix with the runs already there
+        check_same_run(r.config, sweep_dir / r.name)
     for marker in sweep_dir.glob(f"*/{RUNNING_FILE}"):  # left by a sweep that was killed
         marker.unlink()
     manifest = {
@@ -444,8 +439,7 @@ class _Monitor:
                 steps += r.config.steps
                 counts["failed"] += 1
             else:
-                rows = read_metrics(d)
-                steps += rows[-1]["step"] if rows else 0
+                steps += last_logged_step(d)
                 counts["running"] += (d / RUNNING_FILE).exists()
         return steps, counts
 

@@ -107,6 +107,11 @@ def build(config: RunConfig) -> tuple[tasks.Task, ModelSpec]:
     return task, spec
 
 
+def effective_tau(config: RunConfig) -> float:
+    """The time penalty the loss applies: tau for ACT, 0 where the ponder cost is fixed."""
+    return config.tau if config.model == "act" else 0.0
+
+
 def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
     """The paper's Adam (betas 0.9, 0.999, eps 1e-8), as one fused kernel over all parameters
     where PyTorch has it (CPU and CUDA): several times faster than the per-tensor loop for
@@ -185,6 +190,22 @@ def read_metrics(out_dir: Path) -> list[dict[str, float]]:
     return rows
 
 
+def last_logged_step(out_dir: Path) -> int:
+    """The step of metrics.csv's last complete row (0 if none), reading only the file's end:
+    cheap enough to poll for progress while the run writes."""
+    try:
+        with (Path(out_dir) / METRICS).open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").split("\n")
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines[:-1]):  # the part after the last newline may be half-written
+        head = line.split(",", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return 0
+
+
 def read_summary(out_dir: Path) -> dict[str, Any] | None:
     path = Path(out_dir) / SUMMARY
     try:
@@ -250,18 +271,22 @@ class Curve:
         )
 
 
+def check_same_run(config: RunConfig, out_dir: Path) -> None:
+    """Raise ``RunError`` if ``out_dir`` holds a run whose config computes something else."""
+    if not (Path(out_dir) / CONFIG).exists():
+        return
+    old, new = read_config(out_dir).identity(), config.identity()
+    if old != new:
+        diff = [k for k, v in new.items() if old.get(k) != v]
+        raise RunError(
+            f"{out_dir} holds a run with a different config ({', '.join(diff)}); use another --out"
+        )
+
+
 def _prepare_dir(config: RunConfig, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / CONFIG
-    if path.exists():
-        old = read_config(out_dir)
-        if old.identity() != config.identity():
-            diff = [k for k, v in config.identity().items() if old.identity().get(k) != v]
-            raise RunError(
-                f"{out_dir} holds a run with a different config ({', '.join(diff)}); "
-                "use another --out"
-            )
-    atomic_write(path, save_yaml(config))
+    check_same_run(config, out_dir)
+    atomic_write(out_dir / CONFIG, save_yaml(config))
 
 
 def _rewrite_metrics(out_dir: Path, rows: list[dict[str, float]]) -> None:
@@ -411,7 +436,7 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     opt = make_adam(net.parameters(), config.lr, device)
     data_gen = torch.Generator(device).manual_seed(derive_seed(config.seed, "data"))
     eval_x, eval_y = eval_set(task, config, device)
-    tau = config.tau if config.model == "act" else 0.0  # a fixed ponder cost is no penalty
+    tau = effective_tau(config)
 
     ckpt = rec.resume()
     step = 0
