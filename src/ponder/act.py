@@ -23,6 +23,12 @@ Halting is per sample: a sample that has halted keeps its state and output while
 on, and the loop for a token ends when every sample has halted. Each ponder step computes only
 the samples still running (gathered into a compact set), so the few samples that ponder long do
 not make the whole batch pay for every step.
+
+Deciding that the loop has ended reads one number per ponder step on the host. A CUDA graph
+cannot, so ``unroll=U`` runs exactly U ponder steps over every sample instead (halted ones masked,
+p = 0) and reports ``overflow``, a device flag that is True when some sample had not halted after
+U steps: then the result is not ACT's and the caller must redo the step exactly (``graphs.py``
+does). With U >= M it never overflows: the cap halts every sample.
 """
 
 from __future__ import annotations
@@ -68,7 +74,9 @@ class ACT(nn.Module):
         state: s_T, the state after the last token, in the cell's state type.
         info: a dict of ``[batch, time]`` tensors: ``steps`` N(t) (int64), ``remainder`` R(t) and
             ``ponder_cost`` rho_t = N(t) + R(t) (differentiable through R only); with
-            ``return_probs=True`` also ``probs``, p_t^n as ``[batch, time, max N]``, zero-padded.
+            ``return_probs=True`` also ``probs``, p_t^n as ``[batch, time, max N]``, zero-padded;
+            with ``unroll=U`` also ``overflow``, a bool scalar: some sample needed more than U
+            steps, so the outputs are not ACT's (see the module docstring).
     """
 
     def __init__(
@@ -95,7 +103,11 @@ class ACT(nn.Module):
         return (zeros, zeros.clone()) if isinstance(self.cell, nn.LSTMCell) else zeros
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, return_probs: bool = False
+        self,
+        x: torch.Tensor,
+        state: State | None = None,
+        return_probs: bool = False,
+        unroll: int | None = None,
     ) -> tuple[torch.Tensor, State, dict[str, torch.Tensor]]:
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(
@@ -104,13 +116,14 @@ class ACT(nn.Module):
         batch, time, _ = x.shape
         if state is None:
             state = self.initial_state(x)
-        outputs, steps, remainders, probs = [], [], [], []
+        outputs, steps, remainders, probs, overflow = [], [], [], [], []
         for t in range(time):
-            y, state, n_t, r_t, p_t = self._ponder(x[:, t], state)
+            y, state, n_t, r_t, p_t, o_t = self._ponder(x[:, t], state, unroll)
             outputs.append(y)
             steps.append(n_t)
             remainders.append(r_t)
             probs.append(p_t)
+            overflow.append(o_t)
         steps_bt = torch.stack(steps, 1)  # (B, T)
         remainder = torch.stack(remainders, 1)  # (B, T)
         info = {
@@ -118,6 +131,8 @@ class ACT(nn.Module):
             "remainder": remainder,
             "ponder_cost": steps_bt.to(remainder.dtype) + remainder,  # rho_t = N(t) + R(t)
         }
+        if unroll is not None:
+            info["overflow"] = torch.stack(overflow).any()
         if return_probs:
             width = max(p.shape[1] for p in probs)
             info["probs"] = torch.stack(
@@ -125,7 +140,7 @@ class ACT(nn.Module):
             )  # (B, T, max N)
         return torch.stack(outputs, 1), state, info
 
-    def _ponder(self, x_t: torch.Tensor, s_prev: State):
+    def _ponder(self, x_t: torch.Tensor, s_prev: State, unroll: int | None):
         flag = x_t.new_ones(x_t.shape[0], 1)
         first, later = torch.cat([flag, x_t], 1), torch.cat([flag * 0, x_t], 1)  # x_t^1, x_t^n>1
 
@@ -135,7 +150,7 @@ class ACT(nn.Module):
         def halt(y: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(self.halting(y)).squeeze(-1)
 
-        return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps)
+        return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps, unroll)
 
 
 def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -160,6 +175,7 @@ def ponder_token(
     s_prev: State,
     epsilon: float,
     max_steps: int,
+    unroll: int | None = None,
 ):
     """ACT for one token: ponder until every sample has halted.
 
@@ -167,11 +183,14 @@ def ponder_token(
     indices into the batch, None for all; the caller owns x_t and its first-step flag),
     ``halt(y) -> h`` the halting unit. States are ``[..., B, hidden]`` with any leading dims (a
     batch, or runs x batch for an ensemble). Returns y_t ``[..., B, hidden]``, s_t, N(t) and
-    R(t) ``[..., B]`` and p_t ``[..., B, N]``.
+    R(t) ``[..., B]``, p_t ``[..., B, N]`` and ``overflow`` (None, or with ``unroll`` a bool
+    scalar: some sample was still running after ``unroll`` steps).
 
     Only the samples still running are computed: once some have halted, the rest are gathered
     into ``rows`` (per leading index, padded with halted rows whose p is 0), so a few samples
-    that ponder long cost little. Halted samples' s_t and y_t no longer change.
+    that ponder long cost little. Halted samples' s_t and y_t no longer change. With ``unroll``
+    every sample is computed on each of exactly ``min(unroll, max_steps)`` steps and nothing is
+    read on the host.
     """
     y_prev = _output(s_prev)
     lead = y_prev.shape[:-1]  # (..., B)
@@ -186,7 +205,8 @@ def ponder_token(
     s_mean = _map(torch.zeros_like, s_prev)
     p_list = []
     s = s_prev
-    for n in range(1, max_steps + 1):
+    last = max_steps if unroll is None else min(unroll, max_steps)
+    for n in range(1, last + 1):
         s = step(n, s, rows)  # s_t^n of the compact rows
         h = halt(_output(s))  # h_t^n from y_t^n
         # The test includes h_t^n: a sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
@@ -208,6 +228,8 @@ def ponder_token(
         p_list.append(_add_rows(torch.zeros_like(remainder), rows, p))
         cum_h = cum_h + torch.where(going_on, h, zero)
         running = going_on
+        if unroll is not None:
+            continue
         left = int(running.sum(-1).max())  # the one host sync per ponder step
         if left == 0:
             break
@@ -216,4 +238,5 @@ def ponder_token(
             rows = order if rows is None else rows.gather(-1, order)
             running, cum_h = running.gather(-1, order), cum_h.gather(-1, order)
             s = _map(lambda t, o=order: take_rows(t, o), s)
-    return _output(s_mean), s_mean, steps, remainder, torch.stack(p_list, -1)
+    overflow = None if unroll is None else running.any()
+    return _output(s_mean), s_mean, steps, remainder, torch.stack(p_list, -1), overflow

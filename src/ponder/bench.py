@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import train
+from . import graphs, train
 from .config import RunConfig, resolve
 from .ensemble import Ensemble
 from .models import build_model
@@ -237,43 +237,38 @@ def naive_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
 
 
 def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
+    """``train.run``'s step without the logging (CUDA graphs on a GPU, as training uses)."""
     task, spec = train.build(config)
     net = _init_net(config, spec, 0).to(device)
-    opt = train.make_adam(net.parameters(), config.lr, device)
-    data_gen = torch.Generator(device).manual_seed(train.derive_seed(0, "data"))
+    use_graphs = train.uses_graphs(config, device)
+    opt = train.make_adam(net.parameters(), config.lr, device, capturable=use_graphs)
+    gen = torch.Generator(device).manual_seed(train.derive_seed(0, "data"))
     window = torch.zeros(len(train.WINDOW), device=device)
     tau = train.effective_tau(config)
-
-    def step() -> None:  # train.run's step, without the logging
-        nonlocal window
-        net.train()
-        x, y = task.sample(config.batch_size, data_gen)
-        loss, _, _, info = train.train_step(net, opt, task, x, y, tau, config.ponder_loss)
-        with torch.no_grad():
-            window += train.window_terms(loss, info)
-
-    return step
+    net.train()
+    return train.make_stepper(
+        config, net, opt, task, lambda: task.sample(config.batch_size, gen), [gen], tau, window,
+        graphs=use_graphs,
+    )  # fmt: skip
 
 
 def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[], None]:
+    """``ensemble._train``'s step for K runs (seeds 0..K-1) without the logging."""
     task, spec = train.build(config)
     ens = Ensemble([_init_net(config, spec, seed) for seed in range(k)]).to(device)
-    opt = train.make_adam(ens.ordered_parameters(), config.lr, device)
+    use_graphs = train.uses_graphs(config, device)
+    opt = train.make_adam(ens.ordered_parameters(), config.lr, device, capturable=use_graphs)
     gens = [
         torch.Generator(device).manual_seed(train.derive_seed(seed, "data")) for seed in range(k)
     ]
     tau = torch.full((k, 1), train.effective_tau(config), device=device)
     window = torch.zeros(k, len(train.WINDOW), device=device)
-
-    def step() -> None:  # ensemble._train's step, without the logging
-        nonlocal window
-        ens.train()
-        x, y = task.sample_many(config.batch_size, gens)
-        loss_k, _, _, info = train.train_step(ens, opt, task, x, y, tau, config.ponder_loss)
-        with torch.no_grad():
-            window += train.window_terms(loss_k, info)
-
-    return step
+    alive = torch.ones(k, dtype=torch.bool, device=device)
+    ens.train()
+    return train.make_stepper(
+        config, ens, opt, task, lambda: task.sample_many(config.batch_size, gens), gens, tau,
+        window, alive, use_graphs,
+    )  # fmt: skip
 
 
 def measure(step: Callable[[], None], device: torch.device, timing: Timing) -> float:
@@ -284,7 +279,9 @@ def measure(step: Callable[[], None], device: torch.device, timing: Timing) -> f
             torch.cuda.synchronize(device)
 
     per_step = 0.0
-    for _ in range(timing.warmup):
+    # On a GPU the first steps are eager and the next one records the CUDA graphs.
+    warmup = timing.warmup + (graphs.WARMUP + 1 if device.type == "cuda" else 0)
+    for _ in range(warmup):
         sync()
         t0 = time.perf_counter()
         step()

@@ -67,6 +67,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="TF32 matmuls on a CUDA GPU (opt-in; no effect on a CPU)",
     )
+    a(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_const",
+        const=False,
+        default=None,
+        help="on a CUDA GPU, run every step eagerly instead of replaying CUDA graphs",
+    )
     a("--stop-when-solved", action="store_const", const=True, default=None)
     a("--no-progress", dest="progress", action="store_const", const=False, default=None)
     for name, doc in TASK_FLAGS.items():

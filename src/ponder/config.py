@@ -39,7 +39,7 @@ PONDER_LOSSES = ("mean", "sum")
 
 # Fields that change what a run computes. A run directory refuses a config that differs in any of
 # these; the others (budget, stopping, device, logging to screen) may change on resume.
-RESUMABLE_FIELDS = ("steps", "stop_when_solved", "device", "progress")
+RESUMABLE_FIELDS = ("steps", "stop_when_solved", "device", "cuda_graphs", "progress")
 
 
 @dataclass
@@ -70,6 +70,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     tf32: bool = False  # TF32 matmuls on a CUDA GPU: faster, about 3 decimal digits per product
+    cuda_graphs: bool = True  # on a CUDA GPU, replay each training step from CUDA graphs
     stop_when_solved: bool = False
     progress: bool = True
 

@@ -11,7 +11,8 @@ The recurrences are written with batched matmuls over ``[K, B, ...]``; ACT's hal
 ``act.ponder_token`` itself, run over runs x samples, so the loop for a token ends when every
 sample of every run has halted. Each member reads and writes its own run directory through
 ``train.Recorder``: the same metrics, checkpoints (in the single-run format, so either engine
-can resume them) and summary as a single run.
+can resume them) and summary as a single run. On a GPU the ensemble's step is replayed from
+CUDA graphs as a single run's is (``ponder.graphs``).
 """
 
 from __future__ import annotations
@@ -62,13 +63,26 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], w.shape[1])
 
 
-def _cell_update(kind: str, gi: torch.Tensor, gh: torch.Tensor, state):
-    """PyTorch's RNN/GRU/LSTM cell equations from the input part gi and hidden part gh."""
+def _recur(kind: str, gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh, state):
+    """One cell step from the input part gi: for an RNN or LSTM gi already holds b_hh and one
+    baddbmm adds h W_hh^T to it (a GRU needs the hidden part on its own)."""
+    if kind == "gru":
+        return _cell_update(kind, gi, _linear(h, w_hh, b_hh), state)
+    k = gi.shape[0]
+    pre = torch.baddbmm(
+        gi.reshape(k, -1, gi.shape[-1]), h.reshape(k, -1, h.shape[-1]), w_hh.transpose(1, 2)
+    )
+    return _cell_update(kind, pre.view(gi.shape), None, state)
+
+
+def _cell_update(kind: str, gi: torch.Tensor, gh: torch.Tensor | None, state):
+    """PyTorch's RNN/GRU/LSTM cell equations from the input part gi and hidden part gh (for
+    an RNN or LSTM, gh None means gi already is their sum)."""
     if kind == "rnn":
-        return torch.tanh(gi + gh)
+        return torch.tanh(gi if gh is None else gi + gh)
     if kind == "lstm":
         _, c = state
-        i, f, g, o = (gi + gh).chunk(4, -1)
+        i, f, g, o = (gi if gh is None else gi + gh).chunk(4, -1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
     r_i, z_i, n_i = gi.chunk(3, -1)  # gru
@@ -114,9 +128,12 @@ class Ensemble(nn.Module):
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         return {name: self.p(name)[k].detach().clone() for name in self.names}
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, unroll: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``unroll``: as ``PonderNet.forward`` (ACT only; ``info["overflow"]`` over all runs)."""
         if self.spec.model == "act":
-            y, info = self._act(x)
+            y, info = self._act(x, unroll)
         else:
             y, info = self._repeat(x)
         return _linear(y, self.p("readout.weight"), self.p("readout.bias")), info
@@ -134,54 +151,60 @@ class Ensemble(nn.Module):
     def _repeat(self, x: torch.Tensor):
         k, b, t, _ = x.shape
         w_ih, w_hh, b_ih, b_hh = self._weights("core.rnn", "_l0")
+        fold = self.spec.cell != "gru"  # b_hh joins the input part (see _recur)
         # A token's rho repeats differ only in the flag (the first input column), so project
         # each token once and add the flag's column on its first repeat.
         w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H)
-        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih).unbind(2)  # T x (K, B, G*H)
+        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
         state = self._zero_state(x)
         outs = []
         for i in range(t * self.rho):
             token, repeat = divmod(i, self.rho)
             gi = g_tokens[token] + w_flag if repeat == 0 else g_tokens[token]
             h = state[0] if isinstance(state, tuple) else state
-            # The first step's h is zero: h W_hh^T = 0 exactly, so skip that matmul.
-            gh = b_hh.unsqueeze(1) if i == 0 else _linear(h, w_hh, b_hh)  # (K, 1|B, G*H)
-            state = _cell_update(self.spec.cell, gi, gh, state)
+            if i == 0:  # h is zero: h W_hh^T = 0 exactly, so skip that matmul
+                state = _cell_update(self.spec.cell, gi, None if fold else b_hh.unsqueeze(1), state)
+            else:
+                state = _recur(self.spec.cell, gi, h, w_hh, b_hh, state)
             if repeat == self.rho - 1:
                 outs.append(state[0] if isinstance(state, tuple) else state)
         y = torch.stack(outs, 2)  # (K, B, T, H)
         fixed = torch.full((k, b, t), float(self.rho), device=x.device, dtype=x.dtype)
         return y, {"steps": fixed, "ponder_cost": fixed, "paper_ponder": fixed}
 
-    def _act(self, x: torch.Tensor):
+    def _act(self, x: torch.Tensor, unroll: int | None):
         w_ih, w_hh, b_ih, b_hh = self._weights("core.cell")
+        fold = self.spec.cell != "gru"  # b_hh joins the input part (see _recur)
         w_halt, b_halt = self.p("core.halting.weight"), self.p("core.halting.bias")
         w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
         # x_t's projection is the same on every ponder step: compute it once per token.
-        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih).unbind(2)  # T x (K, B, G*H)
+        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
 
         def halt(y):
             return torch.sigmoid(_linear(y, w_halt, b_halt)).squeeze(-1)
 
         state = self._zero_state(x)
-        outs, steps, rems = [], [], []
+        outs, steps, rems, overflow = [], [], [], []
         for t in range(x.shape[2]):
             g_first, g_later = g_tokens[t] + w_flag, g_tokens[t]
 
             def step(n, s, rows, g_first=g_first, g_later=g_later):
                 h = s[0] if isinstance(s, tuple) else s
                 gi = take_rows(g_first if n == 1 else g_later, rows)
-                return _cell_update(self.spec.cell, gi, _linear(h, w_hh, b_hh), s)
+                return _recur(self.spec.cell, gi, h, w_hh, b_hh, s)
 
-            y, state, n_t, r_t, _ = ponder_token(
-                step, halt, state, self.spec.epsilon, self.spec.max_ponder
+            y, state, n_t, r_t, _, o_t = ponder_token(
+                step, halt, state, self.spec.epsilon, self.spec.max_ponder, unroll
             )
+            overflow.append(o_t)
             outs.append(y)
             steps.append(n_t)
             rems.append(r_t)
         n = torch.stack(steps, 2).to(x.dtype)  # (K, B, T)
         r = torch.stack(rems, 2)
         info = {"steps": n, "ponder_cost": n + r, "paper_ponder": n - 1.0 + r.detach()}
+        if unroll is not None:
+            info["overflow"] = torch.stack(overflow).any()
         return torch.stack(outs, 2), info
 
 
@@ -253,9 +276,10 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
         if ckpt is not None:
             net.load_state_dict(ckpt["model"])
     ens = Ensemble(nets).to(device)
-    opt = train.make_adam(ens.ordered_parameters(), c0.lr, device)
+    graphs = train.uses_graphs(c0, device)
+    opt = train.make_adam(ens.ordered_parameters(), c0.lr, device, capturable=graphs)
     if ckpts[0] is not None:
-        opt.load_state_dict(stack_optimizer_states(ens, [c["optimizer"] for c in ckpts]))
+        train.load_optimizer(opt, stack_optimizer_states(ens, [c["optimizer"] for c in ckpts]))
     gens = []
     for c, ckpt in zip(configs, ckpts, strict=True):
         g = torch.Generator(device).manual_seed(train.derive_seed(c.seed, "data"))
@@ -271,16 +295,13 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
     window = torch.zeros(k, len(train.WINDOW), device=device)
     log_step = step
     budget = max(c.steps for c in configs)
+    ens.train()
+    sample = lambda: task.sample_many(c0.batch_size, gens)  # noqa: E731  (K, B, ...): each its own
+    stepper = train.make_stepper(c0, ens, opt, task, sample, gens, tau, window, alive, graphs)
     try:
         while step < budget and live:
-            ens.train()
-            x, y = task.sample_many(c0.batch_size, gens)  # (K, B, T, F): each member's stream
-            loss_k, task_loss, logits, info = train.train_step(
-                ens, opt, task, x, y, tau, c0.ponder_loss, alive
-            )  # loss_k (K,): each member's own loss
+            stepper()
             step += 1
-            with torch.no_grad():
-                window += train.window_terms(loss_k, info)
             ends = [i for i in live if step == configs[i].steps]
             if step % c0.log_every and not ends:
                 continue
@@ -288,9 +309,12 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
             means = (window / (step - log_step)).tolist()
             log_step = step
             window.zero_()
+            task_loss, logits, y = stepper.last
             acc = task.accuracy(logits, y).tolist()
             task_loss_k = task_loss.mean(-1).tolist()
             evals = _evaluate(ens, task, eval_x, eval_y)
+            stepper.logged()
+            ens.train()
             for i in list(live):
                 m = dict(zip(train.WINDOW, means[i], strict=True))
                 rec = recs[i]

@@ -65,15 +65,21 @@ class PonderNet(nn.Module):
             raise ValueError(f"unknown model {spec.model!r}")
         self.readout = nn.Linear(spec.hidden, spec.output_size)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, unroll: int | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``unroll`` (ACT only) runs a fixed number of ponder steps and adds ``overflow`` to
+        ``info`` (see ``ponder.act``); the other cores ignore it."""
         if isinstance(self.core, ACT):
-            y, _, act_info = self.core(x)
+            y, _, act_info = self.core(x, unroll=unroll)
             steps = act_info["steps"].to(y.dtype)
             info = {
                 "steps": steps,
                 "ponder_cost": act_info["ponder_cost"],
                 "paper_ponder": steps - 1.0 + act_info["remainder"].detach(),
             }
+            if unroll is not None:
+                info["overflow"] = act_info["overflow"]
         else:
             y, _ = self.core(x)
             fixed = torch.full(y.shape[:2], float(self.core.rho), device=y.device, dtype=y.dtype)

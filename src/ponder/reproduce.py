@@ -8,16 +8,12 @@ input bits, fewer steps and a shorter smoothing window, with enough seeds to sho
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import torch
-
+from . import bench
 from . import sweep as sweeps
-from . import train
 from .config import RunConfig, from_dict, resolve
-from .models import build_model
-from .train import build, derive_seed, resolve_device
+from .train import resolve_device
 
 FULL_GRIDS = {
     "parity": ["parity-table", "parity-tau", "parity-rho"],
@@ -87,27 +83,11 @@ def full_grid(task: str, seeds: int | None = None) -> sweeps.Grid:
 
 
 def measure_steps_per_second(config: RunConfig, steps: int = 5) -> float:
-    """Training steps per second of ``config`` on its device, after one warm-up step."""
-    task, spec = build(config)
+    """Training steps per second of ``config`` on its device: ``train.run``'s step (CUDA graphs
+    on a GPU), timed after warm-up."""
     device = resolve_device(config.device)
-    net = build_model(spec, config.init, torch.Generator().manual_seed(0)).to(device)
-    opt = train.make_adam(net.parameters(), config.lr, device)
-    gen = torch.Generator(device).manual_seed(derive_seed(0, "data"))
-    tau = train.effective_tau(config)
-
-    def one() -> None:
-        x, y = task.sample(config.batch_size, gen)
-        train.train_step(net, opt, task, x, y, tau, config.ponder_loss)
-
-    one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t0)
+    timing = bench.Timing(warmup=1, repeats=1, seconds=1e9, max_steps=steps)
+    return bench.measure(bench.single_step(config, device), device, timing)
 
 
 def estimate_hours(grid: sweeps.Grid, jobs: int) -> float:

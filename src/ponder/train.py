@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import torch
 
 from . import metrics, tasks
 from .config import ConfigError, RunConfig, from_dict, load_yaml, save_yaml
+from .graphs import Stepper
 from .models import ModelSpec, PonderNet, build_model
 
 CONFIG = "config.yaml"
@@ -65,6 +67,12 @@ def set_matmul_precision(config: RunConfig, device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = config.tf32
         torch.backends.cudnn.allow_tf32 = config.tf32
+
+
+def uses_graphs(config: RunConfig, device: torch.device) -> bool:
+    """Whether training steps replay CUDA graphs (``ponder.graphs``): on a CUDA device unless
+    the config turns them off."""
+    return config.cuda_graphs and device.type == "cuda"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,12 +120,26 @@ def effective_tau(config: RunConfig) -> float:
     return config.tau if config.model == "act" else 0.0
 
 
-def make_adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+def make_adam(
+    params, lr: float, device: torch.device, capturable: bool = False
+) -> torch.optim.Adam:
     """The paper's Adam (betas 0.9, 0.999, eps 1e-8), as one fused kernel over all parameters
     where PyTorch has it (CPU and CUDA): several times faster than the per-tensor loop for
-    these small networks, and elementwise, so a stacked ensemble's members stay independent."""
+    these small networks, and elementwise, so a stacked ensemble's members stay independent.
+    ``capturable`` keeps its step count on the device so a CUDA graph can record the update."""
     fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused)
+    return torch.optim.Adam(
+        params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused, capturable=capturable
+    )
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state but keep this optimizer's ``capturable`` setting: a
+    checkpoint written by a CUDA-graph run must resume on a CPU, and the other way round."""
+    capturable = [g.get("capturable", False) for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, keep in zip(opt.param_groups, capturable, strict=True):
+        group["capturable"] = keep
 
 
 def objective(
@@ -137,7 +159,7 @@ def objective(
     return task_loss + tau * ponder, task_loss
 
 
-def train_step(
+def forward_backward(
     net: torch.nn.Module,
     opt: torch.optim.Optimizer,
     task: tasks.Task,
@@ -146,21 +168,50 @@ def train_step(
     tau: float | torch.Tensor,
     ponder_loss: str = "mean",
     alive: torch.Tensor | None = None,
+    unroll: int | None = None,
 ):
-    """One Adam step on a batch; returns each run's loss (``[]``, or ``[K]`` for an ensemble),
-    the per-sequence task loss, the logits (all detached) and the model's info.
+    """The gradients of one batch (into each parameter's existing ``.grad`` if it has one, so a
+    CUDA graph's gradient buffers stay put); returns each run's loss (``[]``, or ``[K]`` for an
+    ensemble), the per-sequence task loss, the logits (all detached) and the model's info.
 
-    ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped.
-    No number leaves the device here.
+    ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped;
+    ``unroll`` is ACT's fixed unroll (``ponder.act``). No number leaves the device here.
     """
-    logits, info = net(x)
+    logits, info = net(x) if unroll is None else net(x, unroll=unroll)
     loss_seq, task_loss = objective(task, logits, y, info, tau, ponder_loss)
     loss = loss_seq.mean(-1)  # the batch mean, per run
     total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
-    opt.zero_grad(set_to_none=True)
+    opt.zero_grad(set_to_none=False)
     total.backward()
-    opt.step()
     return loss.detach(), task_loss.detach(), logits.detach(), info
+
+
+def make_stepper(
+    config: RunConfig,
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    task: tasks.Task,
+    sample: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    generators: list[torch.Generator],
+    tau: float | torch.Tensor,
+    window: torch.Tensor,
+    alive: torch.Tensor | None = None,
+    graphs: bool = False,
+) -> Stepper:
+    """The training step of a run (or an ensemble, with ``alive``) as ``train.run`` and
+    ``ensemble`` take it: eager, or replayed from CUDA graphs (``ponder.graphs``)."""
+    return Stepper(
+        sample=sample,
+        grad=lambda x, y, unroll: forward_backward(
+            net, opt, task, x, y, tau, config.ponder_loss, alive, unroll
+        ),
+        opt=opt,
+        window=window,
+        terms=window_terms,
+        generators=generators,
+        graphs=graphs,
+        max_ponder=config.max_ponder if config.model == "act" else None,
+    )
 
 
 def read_config(out_dir: Path) -> RunConfig:
@@ -433,7 +484,8 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     task, spec = build(config)
     init_gen = torch.Generator().manual_seed(derive_seed(config.seed, "init"))
     net = build_model(spec, config.init, init_gen).to(device)
-    opt = make_adam(net.parameters(), config.lr, device)
+    graphs = uses_graphs(config, device)
+    opt = make_adam(net.parameters(), config.lr, device, capturable=graphs)
     data_gen = torch.Generator(device).manual_seed(derive_seed(config.seed, "data"))
     eval_x, eval_y = eval_set(task, config, device)
     tau = effective_tau(config)
@@ -442,22 +494,19 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     step = 0
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        load_optimizer(opt, ckpt["optimizer"])
         data_gen.set_state(ckpt["data_rng"].to(data_gen.get_state().device))
         step = int(ckpt["step"])
     bar = _progress(config, step, rec.dir)
     window = torch.zeros(len(WINDOW), device=device)
     log_step = step  # the window starts where the run resumes
+    net.train()
+    sample = lambda: task.sample(config.batch_size, data_gen)  # noqa: E731
+    stepper = make_stepper(config, net, opt, task, sample, [data_gen], tau, window, graphs=graphs)
     try:
         while step < config.steps:
-            net.train()
-            x, y = task.sample(config.batch_size, data_gen)
-            loss, task_loss, logits, info = train_step(
-                net, opt, task, x, y, tau, config.ponder_loss
-            )
+            stepper()
             step += 1
-            with torch.no_grad():
-                window += window_terms(loss, info)
             bar.update(1)
             if step % config.log_every and step != config.steps:
                 continue
@@ -468,6 +517,7 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
             if means["nonfinite"] > 0:
                 rec.diverged(step)
                 break
+            task_loss, logits, y = stepper.last
             row = {
                 "step": step,
                 **{k: means[k] for k in ("loss", "ponder", "steps", "paper_ponder")},
@@ -476,6 +526,8 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
                 **_evaluate(net, task, eval_x, eval_y),
                 "elapsed_s": rec.elapsed(),
             }
+            stepper.logged()
+            net.train()
             stop = rec.log(row)
             bar.set_postfix(
                 loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",

@@ -40,10 +40,18 @@ GATES: dict[str, str] = {
 }
 
 
+_TABLES: dict[torch.device, torch.Tensor] = {}
+
+
 def _truth_table(device: torch.device) -> torch.Tensor:
-    """int64 ``[10, 4]``: gate k's output, column ``2 * (1 - P) + (1 - Q)`` (TT, TF, FT, FF)."""
-    rows = [[int(value == "T") for value in table] for table in GATES.values()]
-    return torch.tensor(rows, dtype=torch.int64, device=device)
+    """int64 ``[10, 4]``: gate k's output, column ``2 * (1 - P) + (1 - Q)`` (TT, TF, FT, FF).
+
+    Made once per device: copying it from the host on every batch would be a transfer that a
+    CUDA graph of the training step cannot record."""
+    if device not in _TABLES:
+        rows = [[int(value == "T") for value in table] for table in GATES.values()]
+        _TABLES[device] = torch.tensor(rows, dtype=torch.int64, device=device)
+    return _TABLES[device]
 
 
 class Logic(BinaryTask):

@@ -1,0 +1,234 @@
+"""A training step, eager or replayed from CUDA graphs.
+
+These networks are tiny: on a GPU a training step costs the launches of its few hundred kernels,
+not their arithmetic. A CUDA graph records every kernel of one step once (drawing the batch from
+the run's own generator, forward, backward, Adam with ``capturable=True``, the log window's sums)
+and replays them with one launch, reading and writing the same tensors each time, so the step is
+bit-for-bit the eager step (the graph-safe generator advances exactly as eager draws would).
+
+The first ``WARMUP`` steps run eagerly on a side stream (they allocate the gradients and Adam's
+state that the graph then updates in place); the graph is recorded on the step after.
+
+ACT needs the host to see when every sample has halted, which a graph cannot. Its step is two
+graphs: the batch and the gradients with a fixed unroll U (``ponder.act``), then the update. In
+between the host reads one flag, ``overflow`` (one sync per step; eager ACT has one per ponder
+step). If some sample needed more than U steps, the gradients of the same batch are recomputed
+eagerly and exactly before the update runs, and U is raised to that sample's N plus a margin
+and the first graph recorded again. At log steps the largest N of the window may shrink U, so
+the unroll follows what the network currently needs. The result is always exact ACT.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+
+WARMUP = 3  # eager steps before recording: PyTorch's recipe, and Adam's state must exist
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def margin(n: int) -> int:
+    """Ponder steps of slack above the largest N seen, so small rises do not re-record."""
+    return max(2, n // 4)
+
+
+class Stepper:
+    """``stepper()`` trains one step; ``stepper.last`` is its ``(task_loss, logits, y)``.
+
+    Args:
+        sample: draws the next batch ``(x, y)`` from the run's generators.
+        grad: ``grad(x, y, unroll) -> (loss, task_loss, logits, info)``, leaving the gradients
+            in the parameters' ``.grad`` (``train.forward_backward``).
+        opt: the optimizer (``capturable=True`` when ``graphs``).
+        window: the log window's device accumulator; each step adds ``terms(loss, info)``.
+        generators: the CUDA generators ``sample`` draws from (registered with the graph).
+        graphs: record and replay CUDA graphs (else every step is eager, as on a CPU).
+        max_ponder: M for an ACT model (its unroll is bounded by it); None for the others.
+        record: how a graph is made: ``CudaGraph``, or ``Emulated`` to run the same logic
+            eagerly on any device (the tests check it on a CPU).
+    """
+
+    def __init__(
+        self,
+        sample: Callable[[], Batch],
+        grad: Callable[[torch.Tensor, torch.Tensor, int | None], tuple],
+        opt: torch.optim.Optimizer,
+        window: torch.Tensor,
+        terms: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor],
+        generators: list[torch.Generator],
+        graphs: bool = False,
+        max_ponder: int | None = None,
+        record: type[CudaGraph] | type[Emulated] | None = None,
+    ) -> None:
+        self.sample, self.grad, self.opt = sample, grad, opt
+        self.make = record or CudaGraph
+        self.window, self.terms, self.generators = window, terms, generators
+        self.graphs, self.max_ponder = graphs, max_ponder
+        self.last: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.calls = 0
+        self.unroll: int | None = None  # ACT's current U
+        self.overflows = 0  # ACT steps redone exactly (for tests and benchmarks)
+        self.records = 0  # graphs recorded
+        self._graph: CudaGraph | Emulated | None = None  # the whole step, or ACT's gradients
+        self._update: CudaGraph | Emulated | None = None  # ACT's update
+        self._grads: list[torch.Tensor] = []  # the gradient buffers the graphs update in place
+        self._seen = 0  # ACT: the largest N of the eager steps (warm-up and redone ones)
+        if graphs and max_ponder is not None:
+            device = window.device
+            self._terms = torch.zeros_like(window)
+            self._overflow = torch.zeros((), dtype=torch.bool, device=device)
+            self._nmax = torch.zeros((), device=device)  # the largest N since the last log
+
+    # ---- eager
+
+    def _eager(self, batch: Batch | None = None):
+        x, y = self.sample() if batch is None else batch
+        loss, task_loss, logits, info = self.grad(x, y, None)
+        self.last = (task_loss, logits, y)
+        return loss, info
+
+    def _eager_step(self) -> None:
+        loss, info = self._eager()
+        self.opt.step()
+        with torch.no_grad():
+            self.window += self.terms(loss, info)
+            if self.graphs and self.max_ponder is not None:
+                self._seen = max(self._seen, int(info["steps"].max()))
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if not self.graphs:
+            return self._eager_step()
+        if self.calls <= WARMUP:
+            if not self.window.is_cuda:
+                return self._eager_step()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._eager_step()
+            torch.cuda.current_stream().wait_stream(side)
+            return None
+        if self._graph is None and not self._record():
+            return self._eager_step()  # recording failed: this run trains eagerly
+        if self.max_ponder is None:
+            self._graph.replay()
+            self.last = self._graph.outputs
+            return None
+        return self._act_step()
+
+    # ---- graphs
+
+    def _record(self) -> bool:
+        """Record the step's graph(s); False (with a warning) if this PyTorch cannot."""
+        self._grads = self._current_grads()
+        try:
+            if self.max_ponder is None:
+                self._graph = self.make(self._whole_step, self.generators)
+            else:
+                if self.unroll is None:
+                    self.unroll = min(self.max_ponder, self._seen + margin(self._seen))
+                self._graph = self.make(self._act_gradients, self.generators)
+                if self._update is None:
+                    self._update = self.make(self._act_update, [])
+            if any(a is not b for a, b in zip(self._current_grads(), self._grads, strict=True)):
+                raise RuntimeError("backward replaced the gradient tensors while recording")
+        except RuntimeError as e:
+            warnings.warn(
+                f"recording the training step as a CUDA graph failed ({e}); training eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.graphs, self._graph, self._update = False, None, None
+            return False
+        self.records += 1
+        return True
+
+    def _whole_step(self):
+        x, y = self.sample()
+        loss, task_loss, logits, info = self.grad(x, y, None)
+        self.opt.step()
+        with torch.no_grad():
+            self.window += self.terms(loss, info)
+        return task_loss, logits, y
+
+    def _act_gradients(self):
+        x, y = self.sample()
+        loss, task_loss, logits, info = self.grad(x, y, self.unroll)
+        with torch.no_grad():
+            self._terms.copy_(self.terms(loss, info))
+            self._overflow.copy_(info["overflow"])
+            torch.maximum(self._nmax, info["steps"].max(), out=self._nmax)
+        return x, y, task_loss, logits
+
+    def _act_update(self):
+        self.opt.step()
+        with torch.no_grad():
+            self.window += self._terms
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.opt.param_groups for p in group["params"]]
+
+    def _current_grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self._params()]
+
+    def _act_step(self) -> None:
+        self._graph.replay()
+        x, y, task_loss, logits = self._graph.outputs
+        if bool(self._overflow):  # the one host sync: some sample needed more than U steps
+            loss, info = self._eager((x, y))  # the same batch, exactly
+            with torch.no_grad():
+                for p, buf in zip(self._params(), self._grads, strict=True):
+                    if p.grad is not buf:  # the update graph reads these buffers
+                        buf.copy_(p.grad)
+                        p.grad = buf
+                self._terms.copy_(self.terms(loss, info))
+                need = int(info["steps"].max())
+            self._nmax.fill_(max(need, int(self._nmax)))
+            self.overflows += 1
+            self._resize(need)
+        else:
+            self.last = (task_loss, logits, y)
+        self._update.replay()
+
+    def _resize(self, need: int) -> None:
+        """Set U for a largest N of ``need``; the gradients' graph is recorded again."""
+        self.unroll = min(self.max_ponder, need + margin(need))
+        self._graph = None
+
+    def logged(self) -> None:
+        """A log step has read the window: ACT's unroll may shrink to what the window needed."""
+        if self._graph is None or self.max_ponder is None or self.unroll is None:
+            return
+        need = int(self._nmax)
+        self._nmax.zero_()
+        if 2 * (need + margin(need)) <= self.unroll:
+            self._resize(need)
+
+
+class CudaGraph:
+    """``fn`` recorded as a CUDA graph (not run): ``replay()`` runs its kernels again, drawing
+    from ``generators`` as eager calls would, and overwrites ``outputs`` in place."""
+
+    def __init__(self, fn: Callable[[], object], generators: list[torch.Generator]) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+        for g in generators:
+            self.graph.register_generator_state(g)
+        with torch.cuda.graph(self.graph):
+            self.outputs = fn()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class Emulated:
+    """A stand-in for ``CudaGraph`` on any device: ``replay()`` calls ``fn``, and ``outputs``
+    are its latest results. The logic around the graphs (ACT's overflow, re-recording) is the
+    same, so a CPU can test it."""
+
+    def __init__(self, fn: Callable[[], object], generators: list[torch.Generator]) -> None:
+        self.fn, self.outputs = fn, None
+
+    def replay(self) -> None:
+        self.outputs = self.fn()

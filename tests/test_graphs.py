@@ -1,0 +1,220 @@
+"""CUDA-graph training steps: ACT's fixed unroll and its exact fallback, and the stepper.
+
+A CPU cannot record CUDA graphs, so most tests run the stepper with ``graphs.Emulated`` (the
+same logic around the graphs, replayed eagerly) and check it against eager training; the tests
+marked for CUDA compare real graphs with eager runs on a GPU.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from ponder import ensemble, graphs, train
+from ponder.models import ModelSpec, build_model
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _spec(cell: str, max_ponder: int = 12) -> ModelSpec:
+    return ModelSpec(6, 1, model="act", cell=cell, hidden=10, max_ponder=max_ponder)
+
+
+def _net(spec: ModelSpec, seed: int = 0):
+    net = build_model(spec, "tf", torch.Generator().manual_seed(seed)).double()
+    with torch.no_grad():  # spread the halting so that samples ponder 1 to several steps
+        net.core.halting.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+        net.core.halting.bias.fill_(0.5)
+    return net
+
+
+def _value_and_grads(net, x, unroll=None):
+    net.zero_grad()
+    logits, info = net(x, unroll=unroll)
+    (logits.square().sum() + info["ponder_cost"].sum()).backward()
+    return logits.detach(), info, [p.grad.clone() for p in net.parameters()]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_unroll_equals_exact_act_when_long_enough(cell):
+    net = _net(_spec(cell))
+    x = torch.randn(9, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want, info, grads = _value_and_grads(net, x)
+    need = int(info["steps"].max())
+    assert 2 <= need < 12  # samples halt after different numbers of steps, before the cap
+    got, got_info, got_grads = _value_and_grads(net, x, unroll=need)
+    assert not bool(got_info["overflow"])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_info["steps"], info["steps"])
+    torch.testing.assert_close(got_info["ponder_cost"], info["ponder_cost"])
+    for a, b in zip(got_grads, grads, strict=True):
+        torch.testing.assert_close(a, b)
+    # One step short: some sample has not halted, and the flag says so.
+    _, short, _ = _value_and_grads(net, x, unroll=need - 1)
+    assert bool(short["overflow"])
+
+
+def test_unroll_at_the_cap_never_overflows():
+    net = _net(_spec("rnn", max_ponder=3))
+    with torch.no_grad():
+        net.core.halting.bias.fill_(-20.0)  # h ~ 0: no sample halts before the cap M = 3
+    x = torch.randn(5, 2, 6, dtype=torch.float64)
+    want, info, grads = _value_and_grads(net, x)
+    assert (info["steps"] == 3).all()
+    for unroll in (3, 10):
+        got, got_info, got_grads = _value_and_grads(net, x, unroll=unroll)
+        assert not bool(got_info["overflow"])
+        torch.testing.assert_close(got, want)
+        for a, b in zip(got_grads, grads, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_ensemble_unroll_equals_exact():
+    spec = _spec("lstm")
+    ens = ensemble.Ensemble([_net(spec, s) for s in range(3)]).double()
+    x = torch.randn(3, 7, 2, 6, dtype=torch.float64)
+    want, info = ens(x)
+    need = int(info["steps"].max())
+    got, got_info = ens(x, unroll=need)
+    assert not bool(got_info["overflow"])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_info["ponder_cost"], info["ponder_cost"])
+    assert bool(ens(x, unroll=need - 1)[1]["overflow"])
+
+
+# ---- the stepper
+
+
+def _stepper(config, record_graphs: bool):
+    """The pieces ``train.run`` builds, with a stepper that emulates graphs or is eager."""
+    task, spec = train.build(config)
+    net = build_model(spec, config.init, torch.Generator().manual_seed(3))
+    opt = train.make_adam(net.parameters(), config.lr, torch.device("cpu"), record_graphs)
+    gen = torch.Generator().manual_seed(4)
+    window = torch.zeros(len(train.WINDOW))
+    stepper = graphs.Stepper(
+        sample=lambda: task.sample(config.batch_size, gen),
+        grad=lambda x, y, unroll: train.forward_backward(
+            net, opt, task, x, y, train.effective_tau(config), unroll=unroll
+        ),
+        opt=opt,
+        window=window,
+        terms=train.window_terms,
+        generators=[gen],
+        graphs=record_graphs,
+        max_ponder=config.max_ponder if config.model == "act" else None,
+        record=graphs.Emulated,
+    )
+    return stepper, net, window
+
+
+@pytest.mark.parametrize("model", ["act", "repeat"])
+def test_emulated_graphs_train_as_eager(tiny, model):
+    config = tiny(model=model, task_options={"bits": 8}, hidden=16)
+    eager, eager_net, eager_window = _stepper(config, False)
+    graphed, net, window = _stepper(config, True)
+    for step in range(1, 31):
+        eager()
+        if model == "act" and step == graphs.WARMUP:
+            graphed.unroll = 1  # far too short: the first recorded steps must be redone
+        graphed()
+        torch.testing.assert_close(graphed.last[1], eager.last[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(window, eager_window, rtol=1e-5, atol=1e-5)
+    for a, b in zip(net.parameters(), eager_net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert graphed.records >= 1
+    if model == "act":
+        assert graphed.overflows >= 1 and graphed.unroll >= 2
+        assert graphed.records >= 2  # recorded again with the longer unroll
+
+
+def test_unroll_follows_the_need_down(tiny):
+    config = tiny(model="act", max_ponder=60)
+    stepper, _, _ = _stepper(config, True)
+    for _ in range(graphs.WARMUP):
+        stepper()
+    stepper.unroll = 60
+    for _ in range(5):
+        stepper()
+    assert stepper.overflows == 0
+    stepper.logged()
+    assert stepper.unroll < 20  # the tiny net needs a few steps, not 60
+    records = stepper.records
+    stepper()
+    assert stepper.records == records + 1
+
+
+def test_a_failed_recording_trains_eagerly(tiny):
+    class Broken(graphs.Emulated):
+        def __init__(self, fn, generators):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    config = tiny(model="repeat")
+    stepper, _, window = _stepper(config, True)
+    stepper.make = Broken
+    with pytest.warns(RuntimeWarning, match="training eagerly"):
+        for _ in range(graphs.WARMUP + 2):
+            stepper()
+    assert not stepper.graphs and window[0] > 0
+
+
+def _patch_graphs(monkeypatch):
+    monkeypatch.setattr(train, "uses_graphs", lambda config, device: True)
+    monkeypatch.setattr(graphs, "CudaGraph", graphs.Emulated)
+
+
+@pytest.mark.parametrize("model", ["act", "repeat"])
+def test_runs_with_graphs_log_what_eager_runs_log(tiny, tmp_path, monkeypatch, model):
+    config = tiny(model=model, steps=40)
+    train.run(config, tmp_path / "eager")
+    configs = [dataclasses.replace(config, seed=s) for s in (0, 1)]
+    ensemble.run_group(configs, [tmp_path / "e-eager0", tmp_path / "e-eager1"])
+    _patch_graphs(monkeypatch)
+    train.run(config, tmp_path / "graphs")
+    ensemble.run_group(configs, [tmp_path / "e-graphs0", tmp_path / "e-graphs1"])
+    for a, b in [("eager", "graphs"), ("e-eager0", "e-graphs0"), ("e-eager1", "e-graphs1")]:
+        want, got = train.read_metrics(tmp_path / a), train.read_metrics(tmp_path / b)
+        assert [r["step"] for r in got] == [10, 20, 30, 40]
+        for r, s in zip(got, want, strict=True):
+            for k in ("loss", "train_accuracy", "ponder", "eval_accuracy"):
+                assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), (a, k, r["step"])
+
+
+def test_capturable_checkpoints_resume_without_it(tiny, tmp_path, monkeypatch):
+    config = tiny(model="act", steps=20)
+    _patch_graphs(monkeypatch)
+    train.run(config, tmp_path / "run")
+    ckpt = train.load_checkpoint(tmp_path / "run" / train.CHECKPOINT)
+    assert ckpt["optimizer"]["param_groups"][0]["capturable"]
+    monkeypatch.undo()
+    train.run(dataclasses.replace(config, steps=30), tmp_path / "run")  # eager, on the CPU
+    assert train.read_metrics(tmp_path / "run")[-1]["step"] == 30
+
+
+# ---- on a GPU
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["act", "repeat"])
+def test_cuda_graph_run_equals_eager_and_resumes(tiny, tmp_path, model):
+    config = tiny(model=model, device="cuda", steps=40, task_options={"bits": 8})
+    train.run(dataclasses.replace(config, cuda_graphs=False), tmp_path / "eager")
+    train.run(dataclasses.replace(config, steps=20), tmp_path / "graphs")
+    train.run(config, tmp_path / "graphs")  # resumes at step 20
+    want, got = train.read_metrics(tmp_path / "eager"), train.read_metrics(tmp_path / "graphs")
+    assert [r["step"] for r in got] == [10, 20, 30, 40]
+    for r, s in zip(got, want, strict=True):
+        for k in ("loss", "train_accuracy", "ponder", "eval_accuracy"):
+            assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), (k, r["step"])
+
+
+@needs_cuda
+def test_cuda_graph_ensemble_equals_eager(tiny, tmp_path):
+    configs = [tiny(model="act", device="cuda", seed=s, steps=30) for s in range(3)]
+    ensemble.run_group(configs, [tmp_path / f"g{k}" for k in range(3)])
+    eager = [dataclasses.replace(c, cuda_graphs=False) for c in configs]
+    ensemble.run_group(eager, [tmp_path / f"e{k}" for k in range(3)])
+    for k in range(3):
+        want, got = train.read_metrics(tmp_path / f"e{k}"), train.read_metrics(tmp_path / f"g{k}")
+        for r, s in zip(got, want, strict=True):
+            assert r["loss"] == pytest.approx(s["loss"], rel=1e-4, abs=1e-5)
