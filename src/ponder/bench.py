@@ -9,12 +9,14 @@ units, batch 32, M = 20) three things train from the same TensorFlow-style initi
    ``nn.RNN``/``nn.LSTM`` over the ``repeat_interleave``-d sequence with a flag column; data made
    on the host and moved to the device every step; Adam.
 2. ponder's **single-run path**: the step ``train.run`` takes (``task.sample`` on a device
-   generator, ``net(x)``, ``train.objective``, Adam, the on-device metric window).
+   generator, ``net(x)``, ``train.objective``, Adam, the on-device metric window; replayed from
+   CUDA graphs on a GPU).
 3. ponder's **ensemble path** at K = 1, 16, 64: K runs (seeds 0..K-1) as one ``Ensemble``, the
    step ``ensemble._train`` takes; reported as run-steps/s = K x steps/s.
 
-Each measurement warms up first (ACT's ponder length moves in the first steps), then reports the
-median steps/s over a few timed repeats.
+Each path warms up first (ACT's ponder length moves in the first steps; on a GPU the CUDA graphs
+are recorded), then the paths of a case are timed in turn, round after round: a rate is the
+median over the rounds, a ratio the median of each round's ratio to the naive reference.
 """
 
 from __future__ import annotations
@@ -271,32 +273,60 @@ def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[
     )  # fmt: skip
 
 
-def measure(step: Callable[[], None], device: torch.device, timing: Timing) -> float:
-    """Median steps/s over ``timing.repeats`` timed runs of n steps, after warm-up steps."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
+def warm_up(step: Callable[[], None], device: torch.device, timing: Timing) -> int:
+    """Run ``step``'s warm-up steps; returns how many steps one timed repeat takes (about
+    ``timing.seconds`` worth, at most ``timing.max_steps``)."""
     per_step = 0.0
     # On a GPU the first steps are eager and the next one records the CUDA graphs.
     warmup = timing.warmup + (graphs.WARMUP + 1 if device.type == "cuda" else 0)
     for _ in range(warmup):
-        sync()
+        _sync(device)
         t0 = time.perf_counter()
         step()
-        sync()
+        _sync(device)
         per_step = time.perf_counter() - t0
-    n = int(min(timing.max_steps, max(1, round(timing.seconds / max(per_step, 1e-6)))))
-    rates = []
+    return int(min(timing.max_steps, max(1, round(timing.seconds / max(per_step, 1e-6)))))
+
+
+def steps_per_second(step: Callable[[], None], device: torch.device, n: int) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def measure(step: Callable[[], None], device: torch.device, timing: Timing) -> float:
+    """Median steps/s over ``timing.repeats`` timed repeats, after warm-up steps."""
+    n = warm_up(step, device, timing)
+    return statistics.median(steps_per_second(step, device, n) for _ in range(timing.repeats))
+
+
+def measure_against(
+    steps: dict[str, Callable[[], None]], reference: str, device: torch.device, timing: Timing
+) -> dict[str, tuple[float, float]]:
+    """Each step's median steps/s and its median ratio to ``reference``, timed in rounds that
+    take every step in turn, so that a machine whose speed drifts (a shared VM) moves the
+    reference and the others alike and the ratios stay fair."""
+    counts = {name: warm_up(step, device, timing) for name, step in steps.items()}
+    rates: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(timing.repeats):
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            step()
-        sync()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        for name, step in steps.items():
+            rates[name].append(steps_per_second(step, device, counts[name]))
+    ref = rates[reference]
+    return {
+        name: (
+            statistics.median(r),
+            statistics.median(a / b for a, b in zip(r, ref, strict=True)),
+        )
+        for name, r in rates.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,8 +337,7 @@ def _rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:,.2f}"
 
 
-def _ratio(x: float, ref: float) -> str:
-    r = x / ref
+def _ratio(r: float) -> str:
     return f"{r:,.0f}x" if r >= 10 else f"{r:.1f}x"
 
 
@@ -347,24 +376,25 @@ def run_bench(
         config = case.config(device)
         task_name = config.task
         name = f"{task_name} {case.label}"
-        naive = measure(naive_step(config, dev), dev, timing)
+        ks = [k for k in all_ks if k in (case.quick_ks if quick else case.ks)]
+        steps = {"naive": naive_step(config, dev), "single": single_step(config, dev)}
+        steps.update({f"K={k}": ensemble_step(config, dev, k) for k in ks})
+        got = measure_against(steps, "naive", dev, timing)
+        del steps  # free the ensembles before the next case builds its own
+        naive, single = got["naive"][0], got["single"][0]
         print(f"{name:<24} naive  {_rate(naive):>8} steps/s", flush=True)
-        single = measure(single_step(config, dev), dev, timing)
-        print(f"{name:<24} single {_rate(single):>8} steps/s ({_ratio(single, naive)})", flush=True)
-        cells = [case.label, _rate(naive), f"{_rate(single)} ({_ratio(single, naive)})"]
+        print(f"{name:<24} single {_rate(single):>8} steps/s ({_ratio(got['single'][1])})")
+        cells = [case.label, _rate(naive), f"{_rate(single)} ({_ratio(got['single'][1])})"]
         run_rates = []
         for k in all_ks:
-            if k not in (case.quick_ks if quick else case.ks):
+            if k not in ks:
                 cells.append("skipped (quick)" if quick else "skipped")
                 print(f"{name:<24} K={k:<4} skipped{' (quick)' if quick else ''}", flush=True)
                 continue
-            rate = k * measure(ensemble_step(config, dev, k), dev, timing)
+            rate, ratio = k * got[f"K={k}"][0], got[f"K={k}"][1] * k
             run_rates.append(rate)
-            cells.append(f"{_rate(rate)} ({_ratio(rate, naive)})")
-            print(
-                f"{name:<24} K={k:<4} {_rate(rate):>8} run-steps/s ({_ratio(rate, naive)})",
-                flush=True,
-            )
+            cells.append(f"{_rate(rate)} ({_ratio(ratio)})")
+            print(f"{name:<24} K={k:<4} {_rate(rate):>8} run-steps/s ({_ratio(ratio)})", flush=True)
         rows.setdefault(task_name, []).append(cells)
         # the rate a sweep gets: the faster of one run at a time and the best ensemble
         best_ensemble.setdefault(task_name, []).append(max([single, *run_rates]))
@@ -416,8 +446,10 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed) -> str:
         "the `repeat_interleave`-d sequence, data made on the host. *single* is the training "
         "step of `ponder train`. *K=...* is the batched ensemble that trains K runs (seeds) as "
         "one model, reported in run-steps/s: K times its steps/s, i.e. how fast a sweep of "
-        "many runs advances. A ratio is that rate over the naive reference's steps/s. "
-        "Each number is the median of several timed repeats after warm-up steps.",
+        "many runs advances. Every path is timed in turn in each of several rounds after "
+        "warm-up steps; a rate is the median over the rounds, and a ratio the median over the "
+        "rounds of that round's rate over the naive reference's (so that a machine whose speed "
+        "drifts, such as a shared VM, does not favour whichever path ran at a fast moment).",
         "",
         "Targets: on 2 CPU cores, an ensemble of 16 parity Repeat rho=2 runs >= 5x the naive "
         "reference in run-steps/s, an ensemble of 16 parity ACT runs >= 3x, and the single-run "

@@ -3,11 +3,13 @@
 These networks are tiny: on a GPU a training step costs the launches of its few hundred kernels,
 not their arithmetic. A CUDA graph records every kernel of one step once (drawing the batch from
 the run's own generator, forward, backward, Adam with ``capturable=True``, the log window's sums)
-and replays them with one launch, reading and writing the same tensors each time, so the step is
-bit-for-bit the eager step (the graph-safe generator advances exactly as eager draws would).
+and replays them with one launch, reading and writing the same tensors each time: the same
+computation as the eager step, on the same batches (a registered generator advances on each
+replay exactly as the eager draws would advance it).
 
-The first ``WARMUP`` steps run eagerly on a side stream (they allocate the gradients and Adam's
-state that the graph then updates in place); the graph is recorded on the step after.
+The first ``WARMUP`` steps run eagerly (on a GPU, on a side stream, as PyTorch's recipe has it);
+they allocate the gradients and Adam's state that the graphs then update in place. The graphs
+are recorded on the step after.
 
 ACT needs the host to see when every sample has halted, which a graph cannot. Its step is two
 graphs: the batch and the gradients with a fixed unroll U (``ponder.act``), then the update. In

@@ -170,9 +170,9 @@ def forward_backward(
     alive: torch.Tensor | None = None,
     unroll: int | None = None,
 ):
-    """The gradients of one batch (into each parameter's existing ``.grad`` if it has one, so a
-    CUDA graph's gradient buffers stay put); returns each run's loss (``[]``, or ``[K]`` for an
-    ensemble), the per-sequence task loss, the logits (all detached) and the model's info.
+    """The gradients of one batch, in each parameter's ``.grad``; returns each run's loss (``[]``,
+    or ``[K]`` for an ensemble), the per-sequence task loss, the logits (all detached) and the
+    model's info.
 
     ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped;
     ``unroll`` is ACT's fixed unroll (``ponder.act``). No number leaves the device here.
@@ -181,7 +181,10 @@ def forward_backward(
     loss_seq, task_loss = objective(task, logits, y, info, tau, ponder_loss)
     loss = loss_seq.mean(-1)  # the batch mean, per run
     total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
-    opt.zero_grad(set_to_none=False)
+    # While a CUDA graph records, the gradients are zeroed in place: the graph's update reads
+    # those buffers. Otherwise they are dropped, and backward writes fresh ones (cheaper).
+    recording = x.is_cuda and torch.cuda.is_current_stream_capturing()
+    opt.zero_grad(set_to_none=not recording)
     total.backward()
     return loss.detach(), task_loss.detach(), logits.detach(), info
 
