@@ -106,7 +106,7 @@ class Stepper:
         if self.calls <= WARMUP:
             if not self.window.is_cuda:
                 return self._eager_step()
-            side = torch.cuda.Stream()
+            side = _capture_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self._eager_step()
@@ -209,6 +209,18 @@ class Stepper:
             self._resize(need)
 
 
+_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _capture_stream() -> torch.cuda.Stream:
+    """One side stream per device for the warm-up steps and the recordings: libraries that
+    set up per stream (cuBLAS workspaces) then do it while warming up, not while recording."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _STREAMS:
+        _STREAMS[device] = torch.cuda.Stream(device)
+    return _STREAMS[device]
+
+
 class CudaGraph:
     """``fn`` recorded as a CUDA graph (not run): ``replay()`` runs its kernels again, drawing
     from ``generators`` as eager calls would, and overwrites ``outputs`` in place."""
@@ -217,7 +229,7 @@ class CudaGraph:
         self.graph = torch.cuda.CUDAGraph()
         for g in generators:
             self.graph.register_generator_state(g)
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=_capture_stream()):
             self.outputs = fn()
 
     def replay(self) -> None:
