@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ponder import ensemble, graphs, train
+from ponder.cli import main
 from ponder.models import ModelSpec, build_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -144,18 +145,22 @@ def test_unroll_follows_the_need_down(tiny):
     assert stepper.records == records + 1
 
 
-def test_a_failed_recording_trains_eagerly(tiny):
+def test_a_failed_recording_stops_the_run_with_what_to_do(tiny, tmp_path, monkeypatch, capsys):
     class Broken(graphs.Emulated):
         def __init__(self, fn, generators):
             raise RuntimeError("operation not permitted when stream is capturing")
 
+    monkeypatch.setattr(train, "uses_graphs", lambda config, device: True)
+    monkeypatch.setattr(graphs, "CudaGraph", Broken)
     config = tiny(model="repeat")
-    stepper, _, window = _stepper(config, True)
-    stepper.make = Broken
-    with pytest.warns(RuntimeWarning, match="training eagerly"):
-        for _ in range(graphs.WARMUP + 2):
-            stepper()
-    assert not stepper.graphs and window[0] > 0
+    with pytest.raises(graphs.RecordError, match="--no-cuda-graphs"):
+        train.run(config, tmp_path / "run")
+    args = ["train", "--task", "parity", "--bits", "4", "--hidden", "8", "--device", "cpu"]
+    assert main([*args, "--no-progress", "--out", str(tmp_path / "cli")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
+    monkeypatch.undo()
+    train.run(dataclasses.replace(config, cuda_graphs=False), tmp_path / "run")
+    assert train.read_metrics(tmp_path / "run")[-1]["step"] == config.steps
 
 
 def _patch_graphs(monkeypatch):

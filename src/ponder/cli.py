@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .graphs import RecordError
     from .train import RunError
 
     parser = build_parser()
@@ -277,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return args.func(args)
-    except (ConfigError, RunError) as e:
+    except (ConfigError, RunError, RecordError) as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -22,13 +22,16 @@ the unroll follows what the network currently needs. The result is always exact 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
 
 WARMUP = 3  # eager steps before recording: PyTorch's recipe, and Adam's state must exist
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class RecordError(RuntimeError):
+    """The training step could not be recorded as a CUDA graph; the message says what to do."""
 
 
 def margin(n: int) -> int:
@@ -112,8 +115,8 @@ class Stepper:
                 self._eager_step()
             torch.cuda.current_stream().wait_stream(side)
             return None
-        if self._graph is None and not self._record():
-            return self._eager_step()  # recording failed: this run trains eagerly
+        if self._graph is None:
+            self._record()
         if self.max_ponder is None:
             self._graph.replay()
             self.last = self._graph.outputs
@@ -122,8 +125,8 @@ class Stepper:
 
     # ---- graphs
 
-    def _record(self) -> bool:
-        """Record the step's graph(s); False (with a warning) if this PyTorch cannot."""
+    def _record(self) -> None:
+        """Record the step's graph(s); a ``RecordError`` if this step cannot be recorded."""
         self._grads = self._current_grads()
         try:
             if self.max_ponder is None:
@@ -134,18 +137,16 @@ class Stepper:
                 self._graph = self.make(self._act_gradients, self.generators)
                 if self._update is None:
                     self._update = self.make(self._act_update, [])
-            if any(a is not b for a, b in zip(self._current_grads(), self._grads, strict=True)):
-                raise RuntimeError("backward replaced the gradient tensors while recording")
         except RuntimeError as e:
-            warnings.warn(
-                f"recording the training step as a CUDA graph failed ({e}); training eagerly",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            self.graphs, self._graph, self._update = False, None, None
-            return False
+            # No eager fallback: a recording broken off can leave the data generators in their
+            # recording mode, and the run would go on drawing wrong batches without a word.
+            raise RecordError(
+                f"recording the training step as a CUDA graph failed ({e}); "
+                "train with --no-cuda-graphs (cuda_graphs: false) and the run resumes"
+            ) from e
+        if any(a is not b for a, b in zip(self._current_grads(), self._grads, strict=True)):
+            raise RecordError("backward replaced the gradient buffers while recording")
         self.records += 1
-        return True
 
     def _whole_step(self):
         x, y = self.sample()
