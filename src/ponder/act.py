@@ -118,7 +118,7 @@ class ACT(nn.Module):
             state = self.initial_state(x)
         outputs, steps, remainders, probs, overflow = [], [], [], [], []
         for t in range(time):
-            y, state, n_t, r_t, p_t, o_t = self._ponder(x[:, t], state, unroll)
+            y, state, n_t, r_t, p_t, o_t = self._ponder(x[:, t], state, unroll, return_probs)
             outputs.append(y)
             steps.append(n_t)
             remainders.append(r_t)
@@ -140,7 +140,7 @@ class ACT(nn.Module):
             )  # (B, T, max N)
         return torch.stack(outputs, 1), state, info
 
-    def _ponder(self, x_t: torch.Tensor, s_prev: State, unroll: int | None):
+    def _ponder(self, x_t: torch.Tensor, s_prev: State, unroll: int | None, probs: bool):
         flag = x_t.new_ones(x_t.shape[0], 1)
         first, later = torch.cat([flag, x_t], 1), torch.cat([flag * 0, x_t], 1)  # x_t^1, x_t^n>1
 
@@ -150,7 +150,7 @@ class ACT(nn.Module):
         def halt(y: torch.Tensor) -> torch.Tensor:
             return torch.sigmoid(self.halting(y)).squeeze(-1)
 
-        return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps, unroll)
+        return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps, unroll, probs)
 
 
 def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -176,6 +176,7 @@ def ponder_token(
     epsilon: float,
     max_steps: int,
     unroll: int | None = None,
+    probs: bool = True,
 ):
     """ACT for one token: ponder until every sample has halted.
 
@@ -183,8 +184,8 @@ def ponder_token(
     indices into the batch, None for all; the caller owns x_t and its first-step flag),
     ``halt(y) -> h`` the halting unit. States are ``[..., B, hidden]`` with any leading dims (a
     batch, or runs x batch for an ensemble). Returns y_t ``[..., B, hidden]``, s_t, N(t) and
-    R(t) ``[..., B]``, p_t ``[..., B, N]`` and ``overflow`` (None, or with ``unroll`` a bool
-    scalar: some sample was still running after ``unroll`` steps).
+    R(t) ``[..., B]``, p_t ``[..., B, N]`` (None unless ``probs``) and ``overflow`` (None, or
+    with ``unroll`` a bool scalar: some sample was still running after ``unroll`` steps).
 
     Only the samples still running are computed: once some have halted, the rest are gathered
     into ``rows`` (per leading index, padded with halted rows whose p is 0), so a few samples
@@ -225,7 +226,8 @@ def ponder_token(
         s_mean = _map(lambda acc, new, w=p_col, r=rows: _add_rows(acc, r, w * new), s_mean, s)
         remainder = _add_rows(remainder, rows, r_n)
         steps = _add_rows(steps, rows, running.long())
-        p_list.append(_add_rows(torch.zeros_like(remainder), rows, p))
+        if probs:
+            p_list.append(_add_rows(torch.zeros_like(remainder), rows, p))
         cum_h = cum_h + torch.where(going_on, h, zero)
         running = going_on
         if unroll is not None:
@@ -239,4 +241,5 @@ def ponder_token(
             running, cum_h = running.gather(-1, order), cum_h.gather(-1, order)
             s = _map(lambda t, o=order: take_rows(t, o), s)
     overflow = None if unroll is None else running.any()
-    return _output(s_mean), s_mean, steps, remainder, torch.stack(p_list, -1), overflow
+    p_t = torch.stack(p_list, -1) if probs else None
+    return _output(s_mean), s_mean, steps, remainder, p_t, overflow

@@ -194,7 +194,7 @@ class Ensemble(nn.Module):
                 return _recur(self.spec.cell, gi, h, w_hh, b_hh, s)
 
             y, state, n_t, r_t, _, o_t = ponder_token(
-                step, halt, state, self.spec.epsilon, self.spec.max_ponder, unroll
+                step, halt, state, self.spec.epsilon, self.spec.max_ponder, unroll, probs=False
             )
             overflow.append(o_t)
             outs.append(y)
