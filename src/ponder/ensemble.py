@@ -296,7 +296,10 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
     log_step = step
     budget = max(c.steps for c in configs)
     ens.train()
-    sample = lambda: task.sample_many(c0.batch_size, gens)  # noqa: E731  (K, B, ...): each its own
+
+    def sample():  # (K, B, ...): each member's batch from its own generator
+        return task.sample_many(c0.batch_size, gens)
+
     stepper = train.make_stepper(c0, ens, opt, task, sample, gens, tau, window, alive, graphs)
     try:
         while step < budget and live:

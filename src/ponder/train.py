@@ -504,7 +504,10 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     window = torch.zeros(len(WINDOW), device=device)
     log_step = step  # the window starts where the run resumes
     net.train()
-    sample = lambda: task.sample(config.batch_size, data_gen)  # noqa: E731
+
+    def sample():
+        return task.sample(config.batch_size, data_gen)
+
     stepper = make_stepper(config, net, opt, task, sample, [data_gen], tau, window, graphs=graphs)
     try:
         while step < config.steps:
