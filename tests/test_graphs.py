@@ -86,13 +86,15 @@ def test_ensemble_unroll_equals_exact():
 # ---- the stepper
 
 
-def _stepper(config, record_graphs: bool):
-    """The pieces ``train.run`` builds, with a stepper that emulates graphs or is eager."""
+def _stepper(config, record_graphs: bool, record=graphs.Emulated):
+    """The pieces ``train.run`` builds, with a stepper that records graphs (emulated unless
+    ``record`` says otherwise) or is eager; returns it, the net, the window and the generator."""
+    device = torch.device(config.device)
     task, spec = train.build(config)
-    net = build_model(spec, config.init, torch.Generator().manual_seed(3))
-    opt = train.make_adam(net.parameters(), config.lr, torch.device("cpu"), record_graphs)
-    gen = torch.Generator().manual_seed(4)
-    window = torch.zeros(len(train.WINDOW))
+    net = build_model(spec, config.init, torch.Generator().manual_seed(3)).to(device)
+    opt = train.make_adam(net.parameters(), config.lr, device, record_graphs)
+    gen = torch.Generator(device).manual_seed(4)
+    window = torch.zeros(len(train.WINDOW), device=device)
     stepper = graphs.Stepper(
         sample=lambda: task.sample(config.batch_size, gen),
         grad=lambda x, y, unroll: train.forward_backward(
@@ -104,34 +106,39 @@ def _stepper(config, record_graphs: bool):
         generators=[gen],
         graphs=record_graphs,
         max_ponder=config.max_ponder if config.model == "act" else None,
-        record=graphs.Emulated,
+        record=record,
     )
-    return stepper, net, window
+    return stepper, net, window, gen
 
 
-@pytest.mark.parametrize("model", ["act", "repeat"])
-def test_emulated_graphs_train_as_eager(tiny, model):
-    config = tiny(model=model, task_options={"bits": 8}, hidden=16)
-    eager, eager_net, eager_window = _stepper(config, False)
-    graphed, net, window = _stepper(config, True)
-    for step in range(1, 31):
+def _train_side_by_side(config, record, steps=30):
+    """An eager stepper and a graphed one whose first recorded ACT unroll is far too short."""
+    eager, eager_net, eager_window, eager_gen = _stepper(config, False)
+    graphed, net, window, gen = _stepper(config, True, record)
+    for step in range(1, steps + 1):
         eager()
-        if model == "act" and step == graphs.WARMUP:
+        if config.model == "act" and step == graphs.WARMUP:
             graphed.unroll = 1  # far too short: the first recorded steps must be redone
         graphed()
         torch.testing.assert_close(graphed.last[1], eager.last[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(window, eager_window, rtol=1e-5, atol=1e-5)
     for a, b in zip(net.parameters(), eager_net.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert torch.equal(gen.get_state(), eager_gen.get_state())  # the same batches drawn
     assert graphed.records >= 1
-    if model == "act":
+    if config.model == "act":
         assert graphed.overflows >= 1 and graphed.unroll >= 2
         assert graphed.records >= 2  # recorded again with the longer unroll
 
 
+@pytest.mark.parametrize("model", ["act", "repeat"])
+def test_emulated_graphs_train_as_eager(tiny, model):
+    _train_side_by_side(tiny(model=model, task_options={"bits": 8}, hidden=16), graphs.Emulated)
+
+
 def test_unroll_follows_the_need_down(tiny):
     config = tiny(model="act", max_ponder=60)
-    stepper, _, _ = _stepper(config, True)
+    stepper, _, _, _ = _stepper(config, True)
     for _ in range(graphs.WARMUP):
         stepper()
     stepper.unroll = 60
@@ -143,6 +150,12 @@ def test_unroll_follows_the_need_down(tiny):
     records = stepper.records
     stepper()
     assert stepper.records == records + 1
+    # After a redo the window's largest N is still read and reset at the next log.
+    stepper._graph, stepper.unroll = None, 1  # re-record with a far too short unroll
+    stepper()
+    assert stepper.overflows == 1 and stepper._graph is None
+    stepper.logged()
+    assert float(stepper._nmax) == 0.0
 
 
 def test_a_failed_recording_stops_the_run_with_what_to_do(tiny, tmp_path, monkeypatch, capsys):
@@ -211,6 +224,13 @@ def test_cuda_graph_run_equals_eager_and_resumes(tiny, tmp_path, model):
     for r, s in zip(got, want, strict=True):
         for k in ("loss", "train_accuracy", "ponder", "eval_accuracy"):
             assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), (k, r["step"])
+
+
+@needs_cuda
+@pytest.mark.parametrize("model", ["act", "repeat"])
+def test_cuda_graphs_train_as_eager_with_redone_steps(tiny, model):
+    config = tiny(model=model, task_options={"bits": 8}, hidden=16, device="cuda")
+    _train_side_by_side(config, graphs.CudaGraph)
 
 
 @needs_cuda

@@ -202,11 +202,11 @@ class Stepper:
 
     def logged(self) -> None:
         """A log step has read the window: ACT's unroll may shrink to what the window needed."""
-        if self._graph is None or self.max_ponder is None or self.unroll is None:
+        if not self.graphs or self.max_ponder is None or self.unroll is None:
             return
         need = int(self._nmax)
-        self._nmax.zero_()
-        if 2 * (need + margin(need)) <= self.unroll:
+        self._nmax.zero_()  # the next window starts afresh, also after a redo
+        if self._graph is not None and 2 * (need + margin(need)) <= self.unroll:
             self._resize(need)
 
 
@@ -230,8 +230,16 @@ class CudaGraph:
         self.graph = torch.cuda.CUDAGraph()
         for g in generators:
             self.graph.register_generator_state(g)
-        with torch.cuda.graph(self.graph, stream=_capture_stream()):
-            self.outputs = fn()
+        try:
+            with torch.cuda.graph(self.graph, stream=_capture_stream()):
+                self.outputs = fn()
+        except RuntimeError as e:
+            # After an op that cannot be recorded, ending the capture fails too, and its error
+            # ("a previous error during capture") hides the first: raise the first.
+            first = e
+            while isinstance(first.__context__, RuntimeError):
+                first = first.__context__
+            raise first from None
 
     def replay(self) -> None:
         self.graph.replay()
