@@ -317,7 +317,6 @@ def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
             task_loss_k = task_loss.mean(-1).tolist()
             evals = _evaluate(ens, task, eval_x, eval_y)
             stepper.logged()
-            ens.train()
             for i in list(live):
                 m = dict(zip(train.WINDOW, means[i], strict=True))
                 rec = recs[i]
@@ -367,9 +366,12 @@ def _freeze(ens: Ensemble, opt: torch.optim.Optimizer, i: int) -> None:
 
 @torch.no_grad()
 def _evaluate(ens: Ensemble, task, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[float]]:
+    """Each member's held-out accuracy and ponder, in eval mode; ``ens`` keeps its mode."""
+    training = ens.training
     ens.eval()
     xk = x.unsqueeze(0).expand(ens.k, *x.shape)
     logits, info = ens(xk)
+    ens.train(training)
     return {
         "eval_accuracy": task.accuracy(logits, y).tolist(),
         "eval_ponder": info["ponder_cost"].flatten(1).mean(-1).tolist(),

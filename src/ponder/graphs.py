@@ -188,7 +188,8 @@ class Stepper:
                         p.grad = buf
                 self._terms.copy_(self.terms(loss, info))
                 need = int(info["steps"].max())
-            self._nmax.fill_(max(need, int(self._nmax)))
+            # need > U >= every N this window's replays saw (U only grows within a window)
+            self._nmax.fill_(need)
             self.overflows += 1
             self._resize(need)
         else:

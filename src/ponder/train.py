@@ -533,7 +533,6 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
                 "elapsed_s": rec.elapsed(),
             }
             stepper.logged()
-            net.train()
             stop = rec.log(row)
             bar.set_postfix(
                 loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",
@@ -573,8 +572,11 @@ def window_terms(loss: torch.Tensor, info: dict[str, torch.Tensor]) -> torch.Ten
 
 @torch.no_grad()
 def _evaluate(net: PonderNet, task: tasks.Task, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Held-out accuracy and ponder, in eval mode; ``net`` is left in the mode it was in."""
+    training = net.training
     net.eval()
     logits, info = net(x)
+    net.train(training)
     return {
         "eval_accuracy": float(task.accuracy(logits, y)),
         "eval_ponder": float(info["ponder_cost"].mean()),
