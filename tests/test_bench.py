@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ponder import bench, train
+from ponder import bench, engine
 from ponder.config import RunConfig, resolve
 
 
@@ -11,7 +11,7 @@ def _pair(model, task, options, **fields):
     config = resolve(
         RunConfig(task=task, task_options=options, model=model, hidden=12, device="cpu", **fields)
     )
-    task_obj, spec = train.build(config)
+    task_obj, spec = engine.build(config)
     net = bench._init_net(config, spec, 3)
     naive = bench.copy_weights(bench.naive_model(config, task_obj), net)
     x, y = task_obj.sample(9, torch.Generator().manual_seed(1))
@@ -26,11 +26,11 @@ def test_naive_act_matches_ponder(task, options, cell):
     config, task_obj, net, naive, x, y = _pair("act", task, options, tau=0.01, halting_bias=-1.0)
     logits, info = net(x)
     n_logits, n_cost = naive(x)
-    assert info["steps"].max() > 1  # the halting loop really ponders
+    assert info["ponder_steps"].max() > 1  # the halting loop really ponders
     torch.testing.assert_close(n_logits, logits)
     torch.testing.assert_close(n_cost, info["ponder_cost"])
     # the same loss, and the same gradients through the remainder
-    loss, _ = train.objective(task_obj, logits, y, info, 0.01)
+    loss, _ = engine.objective(task_obj, logits, y, info, 0.01)
     n_loss = bench.naive_loss(task_obj, n_logits, y, n_cost, 0.01)
     torch.testing.assert_close(n_loss, loss.mean())
     loss.mean().backward()
@@ -48,7 +48,7 @@ def test_naive_repeat_matches_ponder(model, rho, task, options):
     n_logits, n_cost = naive(x)
     torch.testing.assert_close(n_logits, logits)
     torch.testing.assert_close(n_cost, info["ponder_cost"])
-    loss, _ = train.objective(task_obj, logits, y, info, 0.0)
+    loss, _ = engine.objective(task_obj, logits, y, info, 0.0)
     torch.testing.assert_close(bench.naive_loss(task_obj, n_logits, y, n_cost, 0.0), loss.mean())
 
 

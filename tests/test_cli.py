@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from ponder import train
+from ponder import rundir
 from ponder.cli import main
 
 TINY = ["--task", "parity", "--bits", "4", "--hidden", "8", "--batch-size", "16",
@@ -95,7 +95,7 @@ def test_smoke_run_as_subprocess_then_sigkill_and_resume(tmp_path):
             "--checkpoint-every", "1", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen([*argv, "--steps", "100000"], stdout=subprocess.PIPE)
     deadline = time.time() + 60
-    while time.time() < deadline and len(train.read_metrics(out)) < 3:
+    while time.time() < deadline and len(rundir.read_metrics(out)) < 3:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -105,7 +105,7 @@ def test_smoke_run_as_subprocess_then_sigkill_and_resume(tmp_path):
         [*argv, "--steps", str(killed_at + 20)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    steps = [r["step"] for r in train.read_metrics(out)]
+    steps = [r["step"] for r in rundir.read_metrics(out)]
     assert steps == list(range(10, killed_at + 21, 10))
     assert json.loads((out / "summary.json").read_text())["step"] == killed_at + 20
     assert "held-out accuracy" in done.stdout

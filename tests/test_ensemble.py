@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from ponder import ensemble, train
+from ponder import engine, ensemble, rundir, train
 from ponder.models import ModelSpec, build_model
 
 
@@ -13,8 +13,8 @@ def _close(a, b):
     torch.testing.assert_close(torch.tensor(_rows(a)), torch.tensor(_rows(b)), rtol=1e-4, atol=1e-4)
 
 
-def _rows(d, keys=("loss", "task_loss", "train_accuracy", "ponder", "eval_accuracy")):
-    return [[r["step"], *(r[k] for k in keys)] for r in train.read_metrics(d)]
+def _rows(d, keys=("loss", "task_loss", "train_accuracy", "ponder_cost", "eval_accuracy")):
+    return [[r["step"], *(r[k] for k in keys)] for r in rundir.read_metrics(d)]
 
 
 @pytest.mark.parametrize(
@@ -50,7 +50,7 @@ def test_forward_equals_member_networks(model, cell, task, options):
 def test_members_equal_single_runs(tiny, tmp_path):
     configs = [tiny(seed=s, tau=t, steps=40) for s, t in [(0, 0.01), (1, 0.1), (2, 0.001)]]
     dirs = [tmp_path / f"e{k}" for k in range(3)]
-    ensemble.run_group(configs, dirs)
+    train.run_group(configs, dirs)
     for k, c in enumerate(configs):
         train.run(c, tmp_path / f"s{k}")
         got, want = _rows(dirs[k]), _rows(tmp_path / f"s{k}")
@@ -67,19 +67,19 @@ def test_members_equal_single_runs(tiny, tmp_path):
 
 def test_k1_equals_single_run_and_checkpoints_interchange(tiny, tmp_path):
     c = tiny(model="repeat", rho=2, steps=40)
-    ensemble.run_group([c], [tmp_path / "e"])
+    train.run_group([c], [tmp_path / "e"])
     train.run(c, tmp_path / "s")
     _close(tmp_path / "e", tmp_path / "s")
     # an ensemble checkpoint resumes in the single-run engine, and the result matches
     half = dataclasses.replace(c, steps=20)
-    ensemble.run_group([half], [tmp_path / "mix"])
+    train.run_group([half], [tmp_path / "mix"])
     train.run(c, tmp_path / "mix")
     _close(tmp_path / "mix", tmp_path / "s")
 
 
 def test_diverged_member_is_frozen_others_go_on(tiny, tmp_path, monkeypatch):
     configs = [tiny(seed=s, steps=40) for s in range(2)]
-    real = train.objective
+    real = engine.objective
     calls = {"n": 0}
 
     def member1_nan_after_15(task, logits, targets, info, tau, ponder_loss="mean"):
@@ -89,12 +89,12 @@ def test_diverged_member_is_frozen_others_go_on(tiny, tmp_path, monkeypatch):
             loss = torch.cat([loss[:1], loss[1:] * float("nan")])
         return loss, tl
 
-    monkeypatch.setattr(train, "objective", member1_nan_after_15)
-    summaries = ensemble.run_group(configs, [tmp_path / "a", tmp_path / "b"])
+    monkeypatch.setattr(engine, "objective", member1_nan_after_15)
+    summaries = train.run_group(configs, [tmp_path / "a", tmp_path / "b"])
     assert summaries[1]["diverged"] and not summaries[0]["diverged"]
     assert summaries[0]["step"] == 40 and summaries[1]["step"] == 10
-    assert [r["step"] for r in train.read_metrics(tmp_path / "b")] == [10]
-    monkeypatch.setattr(train, "objective", real)
+    assert [r["step"] for r in rundir.read_metrics(tmp_path / "b")] == [10]
+    monkeypatch.setattr(engine, "objective", real)
     train.run(configs[0], tmp_path / "ref")
     _close(tmp_path / "a", tmp_path / "ref")
 
@@ -103,5 +103,5 @@ def test_group_key():
     from ponder.config import RunConfig, resolve
 
     a = resolve(RunConfig(model="act", tau=0.1, seed=1))
-    assert ensemble.group_key(a) == ensemble.group_key(dataclasses.replace(a, tau=0.01, seed=4))
-    assert ensemble.group_key(a) != ensemble.group_key(dataclasses.replace(a, hidden=64))
+    assert a.ensemble_key() == dataclasses.replace(a, tau=0.01, seed=4).ensemble_key()
+    assert a.ensemble_key() != dataclasses.replace(a, hidden=64).ensemble_key()

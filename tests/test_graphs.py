@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 import torch
 
-from ponder import ensemble, graphs, train
+from ponder import engine, ensemble, graphs, rundir, train
 from ponder.cli import main
 from ponder.models import ModelSpec, build_model
 
@@ -41,12 +41,12 @@ def test_unroll_equals_exact_act_when_long_enough(cell):
     net = _net(_spec(cell))
     x = torch.randn(9, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     want, info, grads = _value_and_grads(net, x)
-    need = int(info["steps"].max())
+    need = int(info["ponder_steps"].max())
     assert 2 <= need < 12  # samples halt after different numbers of steps, before the cap
     got, got_info, got_grads = _value_and_grads(net, x, unroll=need)
     assert not bool(got_info["overflow"])
     torch.testing.assert_close(got, want)
-    torch.testing.assert_close(got_info["steps"], info["steps"])
+    torch.testing.assert_close(got_info["ponder_steps"], info["ponder_steps"])
     torch.testing.assert_close(got_info["ponder_cost"], info["ponder_cost"])
     for a, b in zip(got_grads, grads, strict=True):
         torch.testing.assert_close(a, b)
@@ -61,7 +61,7 @@ def test_unroll_at_the_cap_never_overflows():
         net.core.halting.bias.fill_(-20.0)  # h ~ 0: no sample halts before the cap M = 3
     x = torch.randn(5, 2, 6, dtype=torch.float64)
     want, info, grads = _value_and_grads(net, x)
-    assert (info["steps"] == 3).all()
+    assert (info["ponder_steps"] == 3).all()
     for unroll in (3, 10):
         got, got_info, got_grads = _value_and_grads(net, x, unroll=unroll)
         assert not bool(got_info["overflow"])
@@ -75,7 +75,7 @@ def test_ensemble_unroll_equals_exact():
     ens = ensemble.Ensemble([_net(spec, s) for s in range(3)]).double()
     x = torch.randn(3, 7, 2, 6, dtype=torch.float64)
     want, info = ens(x)
-    need = int(info["steps"].max())
+    need = int(info["ponder_steps"].max())
     got, got_info = ens(x, unroll=need)
     assert not bool(got_info["overflow"])
     torch.testing.assert_close(got, want)
@@ -90,19 +90,19 @@ def _stepper(config, record_graphs: bool, record=graphs.Emulated):
     """The pieces ``train.run`` builds, with a stepper that records graphs (emulated unless
     ``record`` says otherwise) or is eager; returns it, the net, the window and the generator."""
     device = torch.device(config.device)
-    task, spec = train.build(config)
+    task, spec = engine.build(config)
     net = build_model(spec, config.init, torch.Generator().manual_seed(3)).to(device)
-    opt = train.make_adam(net.parameters(), config.lr, device, record_graphs)
+    opt = engine.make_adam(net.parameters(), config.lr, device, record_graphs)
     gen = torch.Generator(device).manual_seed(4)
-    window = torch.zeros(len(train.WINDOW), device=device)
+    window = torch.zeros(len(engine.WINDOW), device=device)
     stepper = graphs.Stepper(
         sample=lambda: task.sample(config.batch_size, gen),
-        grad=lambda x, y, unroll: train.forward_backward(
-            net, opt, task, x, y, train.effective_tau(config), unroll=unroll
+        grad=lambda x, y, unroll: engine.forward_backward(
+            net, opt, task, x, y, engine.effective_tau(config), unroll=unroll
         ),
         opt=opt,
         window=window,
-        terms=train.window_terms,
+        terms=engine.window_terms,
         generators=[gen],
         graphs=record_graphs,
         max_ponder=config.max_ponder if config.model == "act" else None,
@@ -163,7 +163,7 @@ def test_a_failed_recording_stops_the_run_with_what_to_do(tiny, tmp_path, monkey
         def __init__(self, fn, generators):
             raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(train, "uses_graphs", lambda config, device: True)
+    monkeypatch.setattr(engine, "uses_graphs", lambda config, device: True)
     monkeypatch.setattr(graphs, "CudaGraph", Broken)
     config = tiny(model="repeat")
     with pytest.raises(graphs.RecordError, match="--no-cuda-graphs"):
@@ -173,11 +173,11 @@ def test_a_failed_recording_stops_the_run_with_what_to_do(tiny, tmp_path, monkey
     assert capsys.readouterr().err.count("\n") == 1  # one line, no traceback
     monkeypatch.undo()
     train.run(dataclasses.replace(config, cuda_graphs=False), tmp_path / "run")
-    assert train.read_metrics(tmp_path / "run")[-1]["step"] == config.steps
+    assert rundir.read_metrics(tmp_path / "run")[-1]["step"] == config.steps
 
 
 def _patch_graphs(monkeypatch):
-    monkeypatch.setattr(train, "uses_graphs", lambda config, device: True)
+    monkeypatch.setattr(engine, "uses_graphs", lambda config, device: True)
     monkeypatch.setattr(graphs, "CudaGraph", graphs.Emulated)
 
 
@@ -186,15 +186,15 @@ def test_runs_with_graphs_log_what_eager_runs_log(tiny, tmp_path, monkeypatch, m
     config = tiny(model=model, steps=40)
     train.run(config, tmp_path / "eager")
     configs = [dataclasses.replace(config, seed=s) for s in (0, 1)]
-    ensemble.run_group(configs, [tmp_path / "e-eager0", tmp_path / "e-eager1"])
+    train.run_group(configs, [tmp_path / "e-eager0", tmp_path / "e-eager1"])
     _patch_graphs(monkeypatch)
     train.run(config, tmp_path / "graphs")
-    ensemble.run_group(configs, [tmp_path / "e-graphs0", tmp_path / "e-graphs1"])
+    train.run_group(configs, [tmp_path / "e-graphs0", tmp_path / "e-graphs1"])
     for a, b in [("eager", "graphs"), ("e-eager0", "e-graphs0"), ("e-eager1", "e-graphs1")]:
-        want, got = train.read_metrics(tmp_path / a), train.read_metrics(tmp_path / b)
+        want, got = rundir.read_metrics(tmp_path / a), rundir.read_metrics(tmp_path / b)
         assert [r["step"] for r in got] == [10, 20, 30, 40]
         for r, s in zip(got, want, strict=True):
-            for k in ("loss", "train_accuracy", "ponder", "eval_accuracy"):
+            for k in ("loss", "train_accuracy", "ponder_cost", "eval_accuracy"):
                 assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), (a, k, r["step"])
 
 
@@ -202,11 +202,11 @@ def test_capturable_checkpoints_resume_without_it(tiny, tmp_path, monkeypatch):
     config = tiny(model="act", steps=20)
     _patch_graphs(monkeypatch)
     train.run(config, tmp_path / "run")
-    ckpt = train.load_checkpoint(tmp_path / "run" / train.CHECKPOINT)
+    ckpt = rundir.load_checkpoint(tmp_path / "run")
     assert ckpt["optimizer"]["param_groups"][0]["capturable"]
     monkeypatch.undo()
     train.run(dataclasses.replace(config, steps=30), tmp_path / "run")  # eager, on the CPU
-    assert train.read_metrics(tmp_path / "run")[-1]["step"] == 30
+    assert rundir.read_metrics(tmp_path / "run")[-1]["step"] == 30
 
 
 # ---- on a GPU
@@ -219,10 +219,10 @@ def test_cuda_graph_run_equals_eager_and_resumes(tiny, tmp_path, model):
     train.run(dataclasses.replace(config, cuda_graphs=False), tmp_path / "eager")
     train.run(dataclasses.replace(config, steps=20), tmp_path / "graphs")
     train.run(config, tmp_path / "graphs")  # resumes at step 20
-    want, got = train.read_metrics(tmp_path / "eager"), train.read_metrics(tmp_path / "graphs")
+    want, got = rundir.read_metrics(tmp_path / "eager"), rundir.read_metrics(tmp_path / "graphs")
     assert [r["step"] for r in got] == [10, 20, 30, 40]
     for r, s in zip(got, want, strict=True):
-        for k in ("loss", "train_accuracy", "ponder", "eval_accuracy"):
+        for k in ("loss", "train_accuracy", "ponder_cost", "eval_accuracy"):
             assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), (k, r["step"])
 
 
@@ -236,10 +236,10 @@ def test_cuda_graphs_train_as_eager_with_redone_steps(tiny, model):
 @needs_cuda
 def test_cuda_graph_ensemble_equals_eager(tiny, tmp_path):
     configs = [tiny(model="act", device="cuda", seed=s, steps=30) for s in range(3)]
-    ensemble.run_group(configs, [tmp_path / f"g{k}" for k in range(3)])
+    train.run_group(configs, [tmp_path / f"g{k}" for k in range(3)])
     eager = [dataclasses.replace(c, cuda_graphs=False) for c in configs]
-    ensemble.run_group(eager, [tmp_path / f"e{k}" for k in range(3)])
+    train.run_group(eager, [tmp_path / f"e{k}" for k in range(3)])
     for k in range(3):
-        want, got = train.read_metrics(tmp_path / f"e{k}"), train.read_metrics(tmp_path / f"g{k}")
+        want, got = rundir.read_metrics(tmp_path / f"e{k}"), rundir.read_metrics(tmp_path / f"g{k}")
         for r, s in zip(got, want, strict=True):
             assert r["loss"] == pytest.approx(s["loss"], rel=1e-4, abs=1e-5)

@@ -17,7 +17,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ponder import ray_executor, sweep, train  # noqa: E402
+from ponder import ray_executor, rundir, sweep, train  # noqa: E402
 from ponder.config import ConfigError, RunConfig, resolve  # noqa: E402
 from ponder.ray_executor import RayExecutor  # noqa: E402
 
@@ -50,7 +50,7 @@ def ray_sweep(grid, tmp_path_factory):
 
 
 def _rows(d):
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in train.read_metrics(d)]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rundir.read_metrics(d)]
 
 
 def _long(steps=600, **overrides) -> RunConfig:
@@ -74,11 +74,11 @@ def _kill_worker_once_checkpointed(run_dir, timeout=60.0) -> int:
     """SIGKILL the worker training ``run_dir`` once it has a checkpoint; returns its PID."""
     deadline = time.time() + timeout
     pid_file = run_dir / ray_executor.PID_FILE
-    while not (pid_file.exists() and (run_dir / train.CHECKPOINT).exists()):
+    while not (pid_file.exists() and (run_dir / rundir.CHECKPOINT).exists()):
         assert time.time() < deadline, "the run never started"
         time.sleep(0.05)
     pid = int(pid_file.read_text().split()[0])
-    assert not (run_dir / train.SUMMARY).exists(), "the run finished before the kill"
+    assert not (run_dir / rundir.SUMMARY).exists(), "the run finished before the kill"
     os.kill(pid, signal.SIGKILL)
     return pid
 
@@ -93,7 +93,7 @@ def test_results_equal_a_local_sweep(grid, ray_sweep, tmp_path):
         assert [row["step"] for row in rows] == [10, 20, 30, 40], r.name
         assert rows == _rows(tmp_path / "local" / r.name), r.name
         assert not (out / r.name / ray_executor.PID_FILE).exists()
-        assert not (out / r.name / sweep.RUNNING_FILE).exists()
+        assert not (out / r.name / rundir.RUNNING).exists()
 
 
 def test_rerun_skips_finished_runs(grid, ray_sweep):
@@ -132,12 +132,12 @@ def test_exhausted_retries_and_failed_runs_do_not_stop_the_others(tmp_path):
     thread.join(timeout=120)
     assert not thread.is_alive()
     assert sweep.run_status(out / "killed", killed) == "failed"
-    error = (out / "killed" / sweep.ERROR_FILE).read_text()
+    error = (out / "killed" / rundir.ERROR).read_text()
     assert error.startswith("the Ray worker training this job failed") and "no retries" in error
     assert error.count("\n") == 1
     assert sweep.run_status(out / "short", short) == "done"
     assert sweep.run_status(out / "clash", clash) == "failed"
-    assert "different config" in (out / "clash" / sweep.ERROR_FILE).read_text()
+    assert "different config" in (out / "clash" / rundir.ERROR).read_text()
 
 
 def test_an_instance_it_starts_is_shut_down(tmp_path, tiny_grid):

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from ponder import metrics, report, train
+from ponder import metrics, report, rundir, train
 from ponder.config import RunConfig, resolve, save_yaml
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -34,14 +34,14 @@ def make_run(
 
     Training accuracy is 0.5 before ``solve_at`` and 1.0 from it on (or ``accuracy``); with
     ``solve_window=1`` (the default here) the smoothing is the identity, so the paper criterion
-    is met exactly at ``solve_at``. The last row's paper_ponder is ``repetitions``.
+    is met exactly at ``solve_at``. The last row's repetitions column is ``repetitions``.
     """
     base = {"task": "parity", "task_options": {"bits": 64}, "device": "cpu", "progress": False}
     base |= {"solve_window": 1}
     c = resolve(RunConfig(**(base | config)))
     run_dir = root / name
     run_dir.mkdir(parents=True)
-    (run_dir / train.CONFIG).write_text(save_yaml(c))
+    (run_dir / rundir.CONFIG).write_text(save_yaml(c))
     steps = [1000 * (i + 1) for i in range(len(accuracy) if accuracy else LOGS)]
     if accuracy is None:
         accuracy = [1.0 if solve_at is not None and s >= solve_at else 0.5 for s in steps]
@@ -49,18 +49,18 @@ def make_run(
     for i, (s, acc) in enumerate(zip(steps, accuracy, strict=True)):
         rep = repetitions if i == len(steps) - 1 else 1.5  # only the last row counts
         rows.append({
-            "step": s, "loss": 0.1, "task_loss": 0.1, "train_accuracy": acc, "ponder": rep + 1,
-            "steps": mean_n, "paper_ponder": rep,
+            "step": s, "loss": 0.1, "task_loss": 0.1, "train_accuracy": acc,
+            "ponder_cost": rep + 1, "ponder_steps": mean_n, "repetitions": rep,
             "eval_accuracy": 1.0 if eval_at is not None and s >= eval_at else 0.4,
-            "eval_ponder": rep + 1, "elapsed_s": float(i),
+            "eval_ponder_cost": rep + 1, "eval_repetitions": rep, "elapsed_s": float(i),
         })  # fmt: skip
-    with (run_dir / train.METRICS).open("w", newline="") as f:
-        writer = csv.DictWriter(f, train.COLUMNS, lineterminator="\n")
+    with (run_dir / rundir.METRICS).open("w", newline="") as f:
+        writer = csv.DictWriter(f, rundir.COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     if status in ("finished", "diverged"):
         summary = {"solved": solve_at is not None, "diverged": status == "diverged"}
-        (run_dir / train.SUMMARY).write_text(json.dumps(summary | {"finished": True}))
+        (run_dir / rundir.SUMMARY).write_text(json.dumps(summary | {"finished": True}))
     if status == "failed":
         (run_dir / "error.txt").write_text("RuntimeError: CUDA out of memory\nTraceback ...\n")
     return run_dir
@@ -235,13 +235,13 @@ def test_single_run_directory_and_repeat_free_sweep(tmp_path: Path) -> None:
 
 
 def test_errors_for_a_missing_or_empty_directory(tmp_path: Path) -> None:
-    with pytest.raises(train.RunError, match="not found"):
+    with pytest.raises(rundir.RunError, match="not found"):
         report.build_report(tmp_path / "nope")
-    with pytest.raises(train.RunError, match="holds no run"):
+    with pytest.raises(rundir.RunError, match="holds no run"):
         report.build_report(tmp_path)
     (tmp_path / "sweep.json").write_text("{}")
     (tmp_path / "notes").mkdir()
-    with pytest.raises(train.RunError, match="holds no run") as e:
+    with pytest.raises(rundir.RunError, match="holds no run") as e:
         report.build_report(tmp_path)
     assert "\n" not in str(e.value)
 
@@ -276,7 +276,7 @@ def trained_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed in (0, 1):
         train.run(tiny(seed=seed, **addition), sweep / f"addition-act-{seed}")
     train.run(tiny(seed=2, **addition), sweep / "addition-act-2")
-    (sweep / "addition-act-2" / train.CHECKPOINT).unlink()
+    (sweep / "addition-act-2" / rundir.CHECKPOINT).unlink()
     return sweep
 
 

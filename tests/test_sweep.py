@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ponder import sweep, train
+from ponder import rundir, sweep, train
 from ponder.cli import main
 from ponder.config import ConfigError
 
@@ -73,7 +73,7 @@ def test_builtin_grids_load():
         ("axes: [{model: act}]\nbogus: 1\n", "unknown key"),
         ("axes: []\n", "axes must be a non-empty list"),
         ("axes: [{model: act, tau: []}]\n", "axis tau is empty"),
-        ("axes: [{model: act, tau: [fast]}]\n", "tau must be float"),
+        ("axes: [{model: act, tau: [fast]}]\n", "tau must be a number, got 'fast'"),
         ("axes: [{model: act, hidden: 0}]\n", "hidden must be >= 1"),
         ("seeds: two\naxes: [{model: act}]\n", "seeds must be a positive integer"),
         ("axes: [{model: act, colour: [1]}]\n", "unknown config key"),
@@ -97,21 +97,21 @@ def test_missing_grid_file_is_one_line(tmp_path, capsys):
 def test_skip_finished_and_failures_do_not_stop_others(grid_file, tmp_path, monkeypatch):
     grid = sweep.load_grid(grid_file, seeds=1)
     out = tmp_path / "s"
-    real = train.run
+    real = train.run_group
 
-    def fails_for_rho3(config, run_dir):
-        if config.model == "repeat" and config.rho == 3:
+    def fails_for_rho3(configs, run_dirs):
+        if configs[0].model == "repeat" and configs[0].rho == 3:
             raise RuntimeError("boom")
-        return real(config, run_dir)
+        return real(configs, run_dirs)
 
-    monkeypatch.setattr(train, "run", fails_for_rho3)
+    monkeypatch.setattr(train, "run_group", fails_for_rho3)
     result = sweep.sweep(grid, out, sweep.InlineExecutor(), progress=False)
     assert result.statuses["repeat-rho3-seed0"] == "failed"
     assert not result.all_finished
     assert sum(s == "done" for s in result.statuses.values()) == 4
     assert "boom" in (out / "repeat-rho3-seed0" / "error.txt").read_text()
 
-    monkeypatch.setattr(train, "run", real)
+    monkeypatch.setattr(train, "run_group", real)
     stamps = {n: (out / n / "summary.json").stat().st_mtime_ns for n in result.statuses
               if result.statuses[n] == "done"}  # fmt: skip
     again = sweep.sweep(grid, out, sweep.InlineExecutor(), progress=False)
@@ -122,7 +122,7 @@ def test_skip_finished_and_failures_do_not_stop_others(grid_file, tmp_path, monk
 
 
 def _rows(d):
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in train.read_metrics(d)]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rundir.read_metrics(d)]
 
 
 def test_sweep_killed_midway_resumes_to_the_same_result(tmp_path, tiny_grid):

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from ponder import train
+from ponder import engine, rundir, train
 from ponder.models import ModelSpec, build_model
 
 
 def _rows(d):
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in train.read_metrics(d)]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rundir.read_metrics(d)]
 
 
 def test_run_writes_all_files(tiny, tmp_path):
@@ -19,16 +19,16 @@ def test_run_writes_all_files(tiny, tmp_path):
     for name in ("config.yaml", "metrics.csv", "checkpoint.pt", "summary.json"):
         assert (tmp_path / name).exists(), name
     assert list(tmp_path.glob("events.out.tfevents.*"))
-    rows = train.read_metrics(tmp_path)
+    rows = rundir.read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
-    assert set(train.COLUMNS) <= set(rows[0])
+    assert set(rundir.COLUMNS) <= set(rows[0])
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk == summary
     for key in ("solved", "steps_to_solve", "eval_steps_to_solve", "final_eval_accuracy",
-                "mean_steps", "mean_ponder", "mean_repetitions", "diverged"):  # fmt: skip
+                "ponder_steps", "ponder_cost", "repetitions", "diverged"):  # fmt: skip
         assert key in summary
     # the paper's repetitions are N - 1 + R, and the ponder cost N + R: they differ by one
-    assert summary["mean_ponder"] - summary["mean_repetitions"] == pytest.approx(1.0)
+    assert summary["ponder_cost"] - summary["repetitions"] == pytest.approx(1.0)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 60
 
@@ -47,7 +47,7 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path, monkeypa
     train.run(config, tmp_path / "full")
 
     calls = {"n": 0}
-    real = train.objective
+    real = engine.objective
 
     def dies_at_step_35(*args, **kwargs):
         calls["n"] += 1
@@ -55,11 +55,11 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train, "objective", dies_at_step_35)
+    monkeypatch.setattr(engine, "objective", dies_at_step_35)
     with pytest.raises(KeyboardInterrupt):
         train.run(config, tmp_path / "cut")
-    monkeypatch.setattr(train, "objective", real)
-    assert [r["step"] for r in train.read_metrics(tmp_path / "cut")] == [10, 20, 30]
+    monkeypatch.setattr(engine, "objective", real)
+    assert [r["step"] for r in rundir.read_metrics(tmp_path / "cut")] == [10, 20, 30]
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 20
     assert not (tmp_path / "cut" / "summary.json").exists()
     train.run(config, tmp_path / "cut")
@@ -78,7 +78,7 @@ def test_stop_when_solved_stops_once_decided(tiny, tmp_path):
     config = tiny(model="repeat", rho=2, steps=4000, solve_window=5, lr=1e-2, hidden=16)
     summary = train.run(dataclass_replace(config, stop_when_solved=True), tmp_path)
     assert summary["solved"] and summary["stopped_when_solved"]
-    rows = train.read_metrics(tmp_path)
+    rows = rundir.read_metrics(tmp_path)
     # stopped with exactly window // 2 points past the crossing, at the earliest, and well
     # before the budget
     crossing = [r["step"] for r in rows].index(summary["steps_to_solve"])
@@ -94,7 +94,7 @@ def dataclass_replace(c, **kw):
 
 
 def test_divergence_is_recorded_and_nothing_is_lost(tiny, tmp_path, monkeypatch):
-    real = train.objective
+    real = engine.objective
     calls = {"n": 0}
 
     def goes_nan(*args, **kwargs):
@@ -102,17 +102,17 @@ def test_divergence_is_recorded_and_nothing_is_lost(tiny, tmp_path, monkeypatch)
         loss, task_loss = real(*args, **kwargs)
         return (loss * math.nan if calls["n"] > 44 else loss), task_loss
 
-    monkeypatch.setattr(train, "objective", goes_nan)
+    monkeypatch.setattr(engine, "objective", goes_nan)
     summary = train.run(tiny(), tmp_path)
     assert summary["diverged"] is True
     assert json.loads((tmp_path / "summary.json").read_text())["diverged"] is True
-    assert [r["step"] for r in train.read_metrics(tmp_path)] == [10, 20, 30, 40]
+    assert [r["step"] for r in rundir.read_metrics(tmp_path)] == [10, 20, 30, 40]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 40
 
 
 def test_other_config_in_same_dir_is_refused(tiny, tmp_path):
     train.run(tiny(), tmp_path)
-    with pytest.raises(train.RunError, match="different config.*tau"):
+    with pytest.raises(rundir.RunError, match="different config.*tau"):
         train.run(tiny(tau=0.1), tmp_path)
 
 
@@ -120,14 +120,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny, tmp_path):
     train.run(tiny(steps=20), tmp_path)
     data = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(train.RunError, match="corrupt or truncated"):
+    with pytest.raises(rundir.RunError, match="corrupt or truncated"):
         train.run(tiny(steps=40), tmp_path)
 
 
 def test_missing_checkpoint_with_progress_is_refused(tiny, tmp_path):
     train.run(tiny(steps=40), tmp_path)
     (tmp_path / "checkpoint.pt").unlink()
-    with pytest.raises(train.RunError, match="checkpoint is missing"):
+    with pytest.raises(rundir.RunError, match="checkpoint is missing"):
         train.run(tiny(steps=60), tmp_path)
 
 
@@ -166,9 +166,9 @@ def test_torch_initialisation_and_seeding():
 
 
 def test_last_logged_step_reads_the_last_complete_row(tiny, tmp_path):
-    assert train.last_logged_step(tmp_path) == 0
+    assert rundir.last_logged_step(tmp_path) == 0
     train.run(tiny(steps=30), tmp_path)
-    assert train.last_logged_step(tmp_path) == 30
+    assert rundir.last_logged_step(tmp_path) == 30
     with (tmp_path / "metrics.csv").open("a") as f:
         f.write("40,0.5")  # a row still being written
-    assert train.last_logged_step(tmp_path) == 30
+    assert rundir.last_logged_step(tmp_path) == 30

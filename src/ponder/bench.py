@@ -8,11 +8,11 @@ units, batch 32, M = 20) three things train from the same TensorFlow-style initi
    per-sample masks and an ``.any()`` check every step; Repeat-RNN (and the plain RNN, rho = 1) as
    ``nn.RNN``/``nn.LSTM`` over the ``repeat_interleave``-d sequence with a flag column; data made
    on the host and moved to the device every step; Adam.
-2. ponder's **single-run path**: the step ``train.run`` takes (``task.sample`` on a device
-   generator, ``net(x)``, ``train.objective``, Adam, the on-device metric window; replayed from
-   CUDA graphs on a GPU).
+2. ponder's **single-run path**: the training loop's step for one run (``engine.Single``:
+   ``task.sample`` on a device generator, ``net(x)``, ``engine.objective``, Adam, the on-device
+   metric window; replayed from CUDA graphs on a GPU).
 3. ponder's **ensemble path** at K = 1, 16, 64: K runs (seeds 0..K-1) as one ``Ensemble``, the
-   step ``ensemble._train`` takes; reported as run-steps/s = K x steps/s.
+   loop's step for a group (``ensemble.Stacked``); reported as run-steps/s = K x steps/s.
 
 Each path warms up first (ACT's ponder length moves in the first steps; on a GPU the CUDA graphs
 are recorded), then the paths of a case are timed in turn, round after round: a rate is the
@@ -22,6 +22,7 @@ median over the rounds, a ratio the median of each round's ratio to the naive re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -36,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import graphs, train
+from . import graphs
 from .config import RunConfig, resolve
-from .ensemble import Ensemble
-from .models import build_model
+from .engine import Single, build, derive_seed, effective_tau, init_network, resolve_device
+from .ensemble import Stacked
+from .rundir import RunError
 from .tasks.base import IGNORE
 
 ADDITION_CONFIGS, ADDITION_SEEDS, ADDITION_STEPS = 9, 5, 2_000_000
@@ -182,7 +184,7 @@ def _naive_model(config: RunConfig, task) -> nn.Module:
 
 
 def copy_weights(naive: nn.Module, net: nn.Module) -> nn.Module:
-    """Load a ``PonderNet``'s weights into the naive module of the same config."""
+    """Load a ``TaskNet``'s weights into the naive module of the same config."""
     renames = {
         "core.cell.": "cell.",
         "core.halting.": "halt.",
@@ -215,16 +217,15 @@ def naive_loss(task, logits: torch.Tensor, y: torch.Tensor, cost: torch.Tensor, 
 
 
 def _init_net(config: RunConfig, spec, seed: int):
-    gen = torch.Generator().manual_seed(train.derive_seed(seed, "init"))
-    return build_model(spec, config.init, gen)
+    return init_network(dataclasses.replace(config, seed=seed), spec, None)
 
 
 def naive_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
-    task, spec = train.build(config)
+    task, spec = build(config)
     model = copy_weights(naive_model(config, task), _init_net(config, spec, 0)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(train.derive_seed(0, "data"))  # data on the host
-    tau = train.effective_tau(config)
+    gen = torch.Generator().manual_seed(derive_seed(0, "data"))  # data on the host
+    tau = effective_tau(config)
 
     def step() -> None:
         x, y = task.sample(config.batch_size, gen)
@@ -239,38 +240,14 @@ def naive_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
 
 
 def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
-    """``train.run``'s step without the logging (CUDA graphs on a GPU, as training uses)."""
-    task, spec = train.build(config)
-    net = _init_net(config, spec, 0).to(device)
-    use_graphs = train.uses_graphs(config, device)
-    opt = train.make_adam(net.parameters(), config.lr, device, capturable=use_graphs)
-    gen = torch.Generator(device).manual_seed(train.derive_seed(0, "data"))
-    window = torch.zeros(len(train.WINDOW), device=device)
-    tau = train.effective_tau(config)
-    net.train()
-    return train.make_stepper(
-        config, net, opt, task, lambda: task.sample(config.batch_size, gen), [gen], tau, window,
-        graphs=use_graphs,
-    )  # fmt: skip
+    """The training loop's step for one run (``engine.Single``; CUDA graphs on a GPU)."""
+    return Single(dataclasses.replace(config, seed=0), None, device).stepper
 
 
 def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[], None]:
-    """``ensemble._train``'s step for K runs (seeds 0..K-1) without the logging."""
-    task, spec = train.build(config)
-    ens = Ensemble([_init_net(config, spec, seed) for seed in range(k)]).to(device)
-    use_graphs = train.uses_graphs(config, device)
-    opt = train.make_adam(ens.ordered_parameters(), config.lr, device, capturable=use_graphs)
-    gens = [
-        torch.Generator(device).manual_seed(train.derive_seed(seed, "data")) for seed in range(k)
-    ]
-    tau = torch.full((k, 1), train.effective_tau(config), device=device)
-    window = torch.zeros(k, len(train.WINDOW), device=device)
-    alive = torch.ones(k, dtype=torch.bool, device=device)
-    ens.train()
-    return train.make_stepper(
-        config, ens, opt, task, lambda: task.sample_many(config.batch_size, gens), gens, tau,
-        window, alive, use_graphs,
-    )  # fmt: skip
+    """The training loop's step for K runs, seeds 0..K-1 (``ensemble.Stacked``)."""
+    configs = [dataclasses.replace(config, seed=seed) for seed in range(k)]
+    return Stacked(configs, [None] * k, device).stepper
 
 
 def _sync(device: torch.device) -> None:
@@ -364,7 +341,7 @@ def run_bench(
     _ks: tuple[int, ...] | None = None,
 ) -> str:
     """Time every case, print a line per measurement, write ``out``; returns its markdown."""
-    dev = train.resolve_device(device)
+    dev = resolve_device(device)
     timing = _timing or (QUICK if quick else FULL)
     cases = _cases if _cases is not None else CASES
     all_ks = _ks or (1, 16, 64)
@@ -468,7 +445,7 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed) -> str:
 def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         run_bench(quick=args.quick, device=args.device, out=args.out)
-    except train.RunError as e:
+    except RunError as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -117,8 +117,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         f"{'solved' if solved else 'not solved'}"
         + (f" at step {stp:,} (paper criterion)" if solved else "")
         + f"; held-out accuracy {_fmt(summary['final_eval_accuracy'])}"
-        + f", mean ponder {_fmt(summary['mean_ponder'])}"
-        + f", repetitions {_fmt(summary['mean_repetitions'])} after {summary['step']:,} steps"
+        + f", ponder cost {_fmt(summary['ponder_cost'])}"
+        + f", repetitions {_fmt(summary['repetitions'])} after {summary['step']:,} steps"
     )
     print(f"results in {out}/ (summary.json, metrics.csv, TensorBoard events)")
 
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .graphs import RecordError
-    from .train import RunError
+    from .rundir import RunError
 
     parser = build_parser()
     try:

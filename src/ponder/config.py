@@ -8,6 +8,7 @@ the resolved config.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -40,6 +41,13 @@ PONDER_LOSSES = ("mean", "sum")
 # Fields that change what a run computes. A run directory refuses a config that differs in any of
 # these; the others (budget, stopping, device, logging to screen) may change on resume.
 RESUMABLE_FIELDS = ("steps", "stop_when_solved", "device", "cuda_graphs", "progress")
+# Fields a model ignores: ACT's for the others (a fixed ponder cost is no penalty), rho for all
+# but Repeat. ``identity`` sets them to None, so they never make two runs differ.
+ACT_ONLY = ("tau", "epsilon", "max_ponder", "halting_bias", "ponder_loss")
+REPEAT_ONLY = ("rho",)
+# What may differ between the members of one stacked ensemble (besides the resumable fields).
+ENSEMBLE_MEMBER_FIELDS = ("seed", "tau")
+FLOAT_FIELDS = ("tau", "epsilon", "halting_bias", "lr", "solve_threshold")
 
 
 @dataclass
@@ -77,12 +85,33 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what the run computes (see ``RESUMABLE_FIELDS``)."""
+    def identity(self, ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+        """What the run computes: every field but ``RESUMABLE_FIELDS`` and ``ignore``, with the
+        fields its model ignores set to None. The one definition of "the same run" that run
+        directories, ensembles, reports and time estimates use (``ignore=("seed",)``: the same
+        configuration)."""
         d = self.to_dict()
-        for k in RESUMABLE_FIELDS:
-            d.pop(k)
+        for k in (*RESUMABLE_FIELDS, *ignore):
+            d.pop(k, None)
+        unused = (ACT_ONLY if self.model != "act" else ()) + (
+            REPEAT_ONLY if self.model != "repeat" else ()
+        )
+        for k in unused:
+            if k in d:
+                d[k] = None
         return d
+
+    def key(self, ignore: tuple[str, ...] = ()) -> str:
+        """``identity(ignore)`` as one hashable, printable string."""
+        return json.dumps(self.identity(ignore), sort_keys=True)
+
+    def ensemble_key(self) -> str:
+        """Runs with the same key can train as one stacked ensemble: the same computation but
+        for ``ENSEMBLE_MEMBER_FIELDS``, on the same device and path."""
+        d = self.identity(ENSEMBLE_MEMBER_FIELDS)
+        return json.dumps(
+            {**d, "device": self.device, "cuda_graphs": self.cuda_graphs}, sort_keys=True
+        )
 
 
 def _field_type(name: str) -> type:
@@ -93,15 +122,23 @@ def _field_type(name: str) -> type:
     return typing.get_origin(hint) or hint
 
 
-def _check_type(name: str, value: Any) -> None:
+def _check_type(name: str, value: Any) -> Any:
+    """``value`` checked against the field's type; a float field also takes a number written
+    as text (YAML 1.1 reads ``1e-3`` as a string), returned as a float."""
     if value is None:
-        return
+        return None
     want = _field_type(name)
+    if want is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
     ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if not ok:
         raise ConfigError(f"{name} must be {want.__name__}, got {value!r}")
+    return value
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -112,13 +149,11 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
-    for k, v in data.items():
-        _check_type(k, v)
-    data = dict(data)
+    data = {k: _check_type(k, v) for k, v in data.items()}
     if data.get("task_options") is None:
         data.pop("task_options", None)
-    for k in ("tau", "epsilon", "halting_bias", "lr", "solve_threshold"):
-        if k in data and data[k] is not None:
+    for k in FLOAT_FIELDS:
+        if data.get(k) is not None:
             data[k] = float(data[k])
     return RunConfig(**data)
 
@@ -190,6 +225,23 @@ def _task_options(task: tasks.Task, given: dict[str, int]) -> dict[str, int]:
 
     params = inspect.signature(type(task).__init__).parameters
     return {k: getattr(task, k, given.get(k, p.default)) for k, p in params.items() if k != "self"}
+
+
+def run_name(config: RunConfig, varied: dict[str, Any] | None = None) -> str:
+    """``act-tau0.01-seed3``: the model, its own knob, other ``varied`` values, the seed. Sweeps
+    name their run directories so, and ``ponder train`` its default ``runs/TASK-NAME``."""
+    parts = [config.model]
+    if config.model == "act":
+        parts.append(f"tau{config.tau:g}")
+    elif config.model == "repeat":
+        parts.append(f"rho{config.rho}")
+    for key, value in (varied or {}).items():
+        if key in ("model", "tau", "rho"):
+            continue
+        leaf = key.split(".")[-1].replace("_", "")
+        parts.append(f"{leaf}{value:g}" if isinstance(value, float) else f"{leaf}{value}")
+    parts.append(f"seed{config.seed}")
+    return "-".join(parts)
 
 
 def save_yaml(config: RunConfig) -> str:

@@ -3,56 +3,36 @@
 These networks are tiny, so one training step is bound by kernel launches and host syncs, not
 by arithmetic. Training K runs that share shapes (the seeds of a configuration, the tau values of
 ACT) as one model with batched matmuls costs about as many launches as one run. Each member is
-the same computation as the single run with its seed: its own initial weights (drawn exactly as
-``train.run`` draws them), its own data generator, its own tau and its own Adam state (Adam is
+the single run's computation with its seed: its own initial weights (drawn exactly as the single
+run draws them), its own data generator, its own tau and its own Adam state (Adam is
 elementwise, so one Adam over stacked parameters is K independent Adams).
+
+What holds, and what the tests check: a member draws the same batches and computes the same
+equations as the single run, but not bitwise. The batched matmuls sum in another order than
+PyTorch's fused RNN kernels and than one run's matmuls, and ACT's compaction pads the rows of
+the samples still pondering across all members, so a member's numbers depend on its companions
+at the level of float rounding (about 1e-7 relative per step in float32). Over training such
+differences can grow where a run is chaotic; each run directory's engine.json records which
+engine trained it and beside which companions.
 
 The recurrences are written with batched matmuls over ``[K, B, ...]``; ACT's halting loop is
 ``act.ponder_token`` itself, run over runs x samples, so the loop for a token ends when every
-sample of every run has halted. Each member reads and writes its own run directory through
-``train.Recorder``: the same metrics, checkpoints (in the single-run format, so either engine
-can resume them) and summary as a single run. On a GPU the ensemble's step is replayed from
-CUDA graphs as a single run's is (``ponder.graphs``).
+sample of every run has halted. ``Stacked`` is the engine the training loop (``train.py``)
+drives: the members' checkpoints are in the single-run format, so either engine resumes them.
+On a GPU the ensemble's step is replayed from CUDA graphs as a single run's is.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import train
+from . import engine
 from .act import ponder_token, take_rows
 from .config import RunConfig
-from .models import GATES, ModelSpec, PonderNet, build_model
-
-# The fields that may differ between members of one ensemble; all others must be equal.
-MEMBER_FIELDS = ("seed", "tau", "steps", "stop_when_solved", "progress")
-
-
-def group_key(config: RunConfig) -> tuple:
-    """Runs with the same key can train as one ensemble."""
-    d = config.to_dict()
-    for k in MEMBER_FIELDS:
-        d.pop(k)
-    if config.model != "act":
-        d["tau"] = None
-    return tuple(sorted((k, repr(v)) for k, v in d.items()))
-
-
-def worth_batching(config: RunConfig) -> bool:
-    """Whether training runs of ``config`` as an ensemble beats training them one by one.
-
-    On a GPU it always does (the step is launch-bound). On a CPU it does for the small networks
-    of parity and logic, whose step is bound by per-op overhead, but not for an LSTM of 512
-    cells (addition, sort), whose step is bound by arithmetic and where PyTorch's fused LSTM
-    kernel beats batched matmuls (``ponder bench``: 0.5x to 0.9x on 2 cores).
-    """
-    if train.resolve_device(config.device).type == "cuda":
-        return True
-    return config.hidden * GATES[config.cell] <= 512
+from .models import ModelSpec, TaskNet
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -96,11 +76,11 @@ class Ensemble(nn.Module):
     """K networks of one ``ModelSpec`` as one module: ``logits, info = ens(x)`` with x
     ``[K, B, T, input_size]``, logits ``[K, B, T, output_size]`` and info ``[K, B, T]``.
 
-    Parameters keep ``PonderNet``'s names (dots as ``__``) with a leading K dimension, so a
-    member's slice is a ``PonderNet`` state dict (``member_state_dict``).
+    Parameters keep ``TaskNet``'s names (dots as ``__``) with a leading K dimension, so a
+    member's slice is a ``TaskNet`` state dict (``member_state_dict``).
     """
 
-    def __init__(self, nets: list[PonderNet]) -> None:
+    def __init__(self, nets: list[TaskNet]) -> None:
         super().__init__()
         self.spec: ModelSpec = nets[0].spec
         if any(n.spec != self.spec for n in nets):
@@ -122,7 +102,7 @@ class Ensemble(nn.Module):
         return self.params[name.replace(".", "__")]
 
     def ordered_parameters(self) -> list[nn.Parameter]:
-        """The parameters in ``PonderNet``'s order (the optimizer state is indexed by it)."""
+        """The parameters in ``TaskNet``'s order (the optimizer state is indexed by it)."""
         return [self.p(name) for name in self.names]
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
@@ -131,7 +111,7 @@ class Ensemble(nn.Module):
     def forward(
         self, x: torch.Tensor, unroll: int | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``unroll``: as ``PonderNet.forward`` (ACT only; ``info["overflow"]`` over all runs)."""
+        """``unroll``: as ``TaskNet.forward`` (ACT only; ``info["overflow"]`` over all runs)."""
         if self.spec.model == "act":
             y, info = self._act(x, unroll)
         else:
@@ -170,7 +150,7 @@ class Ensemble(nn.Module):
                 outs.append(state[0] if isinstance(state, tuple) else state)
         y = torch.stack(outs, 2)  # (K, B, T, H)
         fixed = torch.full((k, b, t), float(self.rho), device=x.device, dtype=x.dtype)
-        return y, {"steps": fixed, "ponder_cost": fixed, "paper_ponder": fixed}
+        return y, {"ponder_steps": fixed, "ponder_cost": fixed, "repetitions": fixed}
 
     def _act(self, x: torch.Tensor, unroll: int | None):
         w_ih, w_hh, b_ih, b_hh = self._weights("core.cell")
@@ -202,14 +182,14 @@ class Ensemble(nn.Module):
             rems.append(r_t)
         n = torch.stack(steps, 2).to(x.dtype)  # (K, B, T)
         r = torch.stack(rems, 2)
-        info = {"steps": n, "ponder_cost": n + r, "paper_ponder": n - 1.0 + r.detach()}
+        info = {"ponder_steps": n, "ponder_cost": n + r, "repetitions": n - 1.0 + r.detach()}
         if unroll is not None:
             info["overflow"] = torch.stack(overflow).any()
         return torch.stack(outs, 2), info
 
 
 def stack_optimizer_states(ens: Ensemble, states: list[dict]) -> dict:
-    """Single-run Adam state dicts (PonderNet parameter order) -> one for the ensemble."""
+    """Single-run Adam state dicts (TaskNet parameter order) -> one for the ensemble."""
     stacked = {}
     for i in range(len(ens.names)):
         per = [s["state"][i] for s in states]
@@ -234,125 +214,6 @@ def member_optimizer_state(opt_state: dict, k: int) -> dict:
     return {"state": state, "param_groups": opt_state["param_groups"]}
 
 
-def run_group(configs: list[RunConfig], run_dirs: list[Path]) -> list[dict[str, Any]]:
-    """Train runs that share a ``group_key`` as one ensemble; returns their summaries.
-
-    Members that already finished are left alone; members must resume from the same step
-    (as they do when they were trained together), else they train one after another.
-    """
-    if len({group_key(c) for c in configs}) != 1:
-        raise ValueError("run_group: the configs differ in more than seed and tau")
-    recs = [train.Recorder(c, d) for c, d in zip(configs, run_dirs, strict=True)]
-    summaries: list[dict[str, Any] | None] = [r.finished() for r in recs]
-    todo = [i for i, s in enumerate(summaries) if s is None]
-    if not todo:
-        return summaries  # type: ignore[return-value]
-    ckpts = [recs[i].resume() for i in todo]
-    steps = {int(c["step"]) if c else 0 for c in ckpts}
-    if len(steps) > 1:  # trained apart before: resume each on its own
-        for i in todo:
-            recs[i].close()
-            summaries[i] = train.run(configs[i], run_dirs[i])
-        return summaries  # type: ignore[return-value]
-    members = [configs[i] for i in todo]
-    for i, s in zip(
-        todo, _train(members, [recs[i] for i in todo], ckpts, steps.pop()), strict=True
-    ):
-        summaries[i] = s
-    return summaries  # type: ignore[return-value]
-
-
-def _train(configs, recs, ckpts, step: int) -> list[dict[str, Any]]:
-    c0 = configs[0]
-    k = len(configs)
-    device = train.resolve_device(c0.device)
-    train.set_matmul_precision(c0, device)
-    task, spec = train.build(c0)
-    nets = [
-        build_model(spec, c.init, torch.Generator().manual_seed(train.derive_seed(c.seed, "init")))
-        for c in configs
-    ]
-    for net, ckpt in zip(nets, ckpts, strict=True):
-        if ckpt is not None:
-            net.load_state_dict(ckpt["model"])
-    ens = Ensemble(nets).to(device)
-    graphs = train.uses_graphs(c0, device)
-    opt = train.make_adam(ens.ordered_parameters(), c0.lr, device, capturable=graphs)
-    if ckpts[0] is not None:
-        train.load_optimizer(opt, stack_optimizer_states(ens, [c["optimizer"] for c in ckpts]))
-    gens = []
-    for c, ckpt in zip(configs, ckpts, strict=True):
-        g = torch.Generator(device).manual_seed(train.derive_seed(c.seed, "data"))
-        if ckpt is not None:
-            g.set_state(ckpt["data_rng"].to(g.get_state().device))
-        gens.append(g)
-    eval_x, eval_y = train.eval_set(task, c0, device)
-    tau = torch.tensor([train.effective_tau(c) for c in configs], device=device).unsqueeze(
-        1
-    )  # (K, 1): each member's own time penalty
-    alive = torch.ones(k, dtype=torch.bool, device=device)  # members still training
-    live = list(range(k))
-    window = torch.zeros(k, len(train.WINDOW), device=device)
-    log_step = step
-    budget = max(c.steps for c in configs)
-    ens.train()
-
-    def sample():  # (K, B, ...): each member's batch from its own generator
-        return task.sample_many(c0.batch_size, gens)
-
-    stepper = train.make_stepper(c0, ens, opt, task, sample, gens, tau, window, alive, graphs)
-    try:
-        while step < budget and live:
-            stepper()
-            step += 1
-            ends = [i for i in live if step == configs[i].steps]
-            if step % c0.log_every and not ends:
-                continue
-            # ---- log step: the only place that moves numbers to the host
-            means = (window / (step - log_step)).tolist()
-            log_step = step
-            window.zero_()
-            task_loss, logits, y = stepper.last
-            acc = task.accuracy(logits, y).tolist()
-            task_loss_k = task_loss.mean(-1).tolist()
-            evals = _evaluate(ens, task, eval_x, eval_y)
-            stepper.logged()
-            for i in list(live):
-                m = dict(zip(train.WINDOW, means[i], strict=True))
-                rec = recs[i]
-                stop = i in ends
-                if m["nonfinite"] > 0:
-                    rec.diverged(step)
-                    stop = True
-                else:
-                    row = {
-                        "step": step,
-                        **{n: m[n] for n in ("loss", "ponder", "steps", "paper_ponder")},
-                        "task_loss": task_loss_k[i],
-                        "train_accuracy": acc[i],
-                        "eval_accuracy": evals["eval_accuracy"][i],
-                        "eval_ponder": evals["eval_ponder"][i],
-                        "elapsed_s": rec.elapsed(),
-                    }
-                    stop = rec.log(row) or stop
-                    if rec.checkpoint_due(step) or stop:
-                        rec.save(
-                            ens.member_state_dict(i),
-                            member_optimizer_state(opt.state_dict(), i),
-                            gens[i].get_state(),
-                            step,
-                        )
-                if stop:
-                    rec.finish()
-                    live.remove(i)
-                    _freeze(ens, opt, i)
-                    alive[i] = False
-    finally:
-        for r in recs:
-            r.close()
-    return [train.read_summary(r.dir) for r in recs]
-
-
 @torch.no_grad()
 def _freeze(ens: Ensemble, opt: torch.optim.Optimizer, i: int) -> None:
     """Member i is done: zero its weights and Adam state so it stays finite and cheap."""
@@ -364,15 +225,55 @@ def _freeze(ens: Ensemble, opt: torch.optim.Optimizer, i: int) -> None:
                 state[key][i] = 0.0
 
 
-@torch.no_grad()
-def _evaluate(ens: Ensemble, task, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[float]]:
-    """Each member's held-out accuracy and ponder, in eval mode; ``ens`` keeps its mode."""
-    training = ens.training
-    ens.eval()
-    xk = x.unsqueeze(0).expand(ens.k, *x.shape)
-    logits, info = ens(xk)
-    ens.train(training)
-    return {
-        "eval_accuracy": task.accuracy(logits, y).tolist(),
-        "eval_ponder": info["ponder_cost"].flatten(1).mean(-1).tolist(),
-    }
+class Stacked:
+    """K runs of one shape (``config.RunConfig.identity`` equal but for seed and tau) as one
+    ``Ensemble``: the engine ``train.run_group`` uses for a group of more than one run."""
+
+    name = "stacked"
+
+    def __init__(
+        self, configs: list[RunConfig], ckpts: list[dict | None], device: torch.device
+    ) -> None:
+        c0 = configs[0]
+        self.k = len(configs)
+        self.task, spec = engine.build(c0)
+        nets = [engine.init_network(c, spec, ckpt) for c, ckpt in zip(configs, ckpts, strict=True)]
+        self.ens = Ensemble(nets).to(device)
+        graphs = engine.uses_graphs(c0, device)
+        self.opt = engine.make_adam(self.ens.ordered_parameters(), c0.lr, device, graphs)
+        if ckpts[0] is not None:
+            states = [c["optimizer"] for c in ckpts]
+            engine.load_optimizer(self.opt, stack_optimizer_states(self.ens, states))
+        drawn = [
+            engine.data_generator(c, device, ckpt) for c, ckpt in zip(configs, ckpts, strict=True)
+        ]
+        self.gens = [g for g, _ in drawn]
+        self.reseeded = [r for _, r in drawn]
+        taus = [engine.effective_tau(c) for c in configs]
+        tau = torch.tensor(taus, device=device).unsqueeze(1)  # (K, 1): each member's own penalty
+        self.alive = torch.ones(self.k, dtype=torch.bool, device=device)  # members still training
+        self.window = torch.zeros(self.k, len(engine.WINDOW), device=device)
+        self.ens.train()
+        task, gens, batch = self.task, self.gens, c0.batch_size
+        self.stepper = engine.make_stepper(
+            c0, self.ens, self.opt, task, lambda: task.sample_many(batch, gens), gens, tau,
+            self.window, self.alive, graphs,
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.ens(x.unsqueeze(0).expand(self.k, *x.shape))
+
+    def modules(self) -> torch.nn.Module:
+        return self.ens
+
+    def member_state(self, i: int) -> dict[str, Any]:
+        return {
+            "model": self.ens.member_state_dict(i),
+            "optimizer": member_optimizer_state(self.opt.state_dict(), i),
+            "data_rng": self.gens[i].get_state(),
+            "data_device": self.gens[i].device.type,
+        }
+
+    def stop(self, i: int) -> None:
+        _freeze(self.ens, self.opt, i)
+        self.alive[i] = False

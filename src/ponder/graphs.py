@@ -45,7 +45,7 @@ class Stepper:
     Args:
         sample: draws the next batch ``(x, y)`` from the run's generators.
         grad: ``grad(x, y, unroll) -> (loss, task_loss, logits, info)``, leaving the gradients
-            in the parameters' ``.grad`` (``train.forward_backward``).
+            in the parameters' ``.grad`` (``engine.forward_backward``).
         opt: the optimizer (``capturable=True`` when ``graphs``).
         window: the log window's device accumulator; each step adds ``terms(loss, info)``.
         generators: the CUDA generators ``sample`` draws from (registered with the graph).
@@ -100,7 +100,7 @@ class Stepper:
         with torch.no_grad():
             self.window += self.terms(loss, info)
             if self.graphs and self.max_ponder is not None:
-                self._seen = max(self._seen, int(info["steps"].max()))
+                self._seen = max(self._seen, int(info["ponder_steps"].max()))
 
     def __call__(self) -> None:
         self.calls += 1
@@ -162,7 +162,7 @@ class Stepper:
         with torch.no_grad():
             self._terms.copy_(self.terms(loss, info))
             self._overflow.copy_(info["overflow"])
-            torch.maximum(self._nmax, info["steps"].max(), out=self._nmax)
+            torch.maximum(self._nmax, info["ponder_steps"].max(), out=self._nmax)
         return x, y, task_loss, logits
 
     def _act_update(self):
@@ -187,7 +187,7 @@ class Stepper:
                         buf.copy_(p.grad)
                         p.grad = buf
                 self._terms.copy_(self.terms(loss, info))
-                need = int(info["steps"].max())
+                need = int(info["ponder_steps"].max())
             # need > U >= every N this window's replays saw (U only grows within a window)
             self._nmax.fill_(need)
             self.overflows += 1

@@ -42,12 +42,13 @@ class ModelSpec:
     halting_bias: float = 1.0
 
 
-class PonderNet(nn.Module):
+class TaskNet(nn.Module):
     """``logits, info = net(x)``: x ``[B, T, input_size]`` -> logits ``[B, T, output_size]``.
 
-    ``info`` holds ``[B, T]`` tensors: ``steps`` N(t) (float), ``ponder_cost`` N(t) + R(t) (the
-    term the loss penalises, differentiable through R for ACT) and ``paper_ponder``, the
-    repetitions the Fojo paper reports: N(t) - 1 + R(t) for ACT, rho for Repeat and the RNN.
+    The task's network around a recurrent core (the plain RNN, ACT or Repeat). ``info`` holds
+    ``[B, T]`` tensors: ``ponder_steps`` N(t) (float), ``ponder_cost`` N(t) + R(t) (the term
+    the loss penalises, differentiable through R for ACT) and ``repetitions``, what the Fojo
+    paper reports as "average repetitions": N(t) - 1 + R(t) for ACT, rho for Repeat and the RNN.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -74,16 +75,16 @@ class PonderNet(nn.Module):
             y, _, act_info = self.core(x, unroll=unroll)
             steps = act_info["steps"].to(y.dtype)
             info = {
-                "steps": steps,
+                "ponder_steps": steps,
                 "ponder_cost": act_info["ponder_cost"],
-                "paper_ponder": steps - 1.0 + act_info["remainder"].detach(),
+                "repetitions": steps - 1.0 + act_info["remainder"].detach(),
             }
             if unroll is not None:
                 info["overflow"] = act_info["overflow"]
         else:
             y, _ = self.core(x)
             fixed = torch.full(y.shape[:2], float(self.core.rho), device=y.device, dtype=y.dtype)
-            info = {"steps": fixed, "ponder_cost": fixed, "paper_ponder": fixed}
+            info = {"ponder_steps": fixed, "ponder_cost": fixed, "repetitions": fixed}
         return self.readout(y), info
 
 
@@ -97,7 +98,7 @@ def _uniform_(w: torch.Tensor, bound: float, gen: torch.Generator) -> None:
 
 
 @torch.no_grad()
-def init_weights(net: PonderNet, scheme: str, generator: torch.Generator) -> None:
+def init_weights(net: TaskNet, scheme: str, generator: torch.Generator) -> None:
     """Re-draw every parameter of ``net`` from ``generator`` (a CPU generator) by ``scheme``."""
     spec = net.spec
     hidden, gates = spec.hidden, GATES[spec.cell]
@@ -138,8 +139,8 @@ def init_weights(net: PonderNet, scheme: str, generator: torch.Generator) -> Non
         net.core.halting.bias.fill_(spec.halting_bias)
 
 
-def build_model(spec: ModelSpec, init: str, generator: torch.Generator) -> PonderNet:
+def build_model(spec: ModelSpec, init: str, generator: torch.Generator) -> TaskNet:
     """A network for ``spec`` with every weight drawn from ``generator`` (CPU), on the CPU."""
-    net = PonderNet(spec)
+    net = TaskNet(spec)
     init_weights(net, init, generator)
     return net

@@ -36,12 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import rundir
 from .config import ConfigError, RunConfig
-from .sweep import ERROR_FILE, run_status
-from .train import atomic_write
+from .rundir import atomic_write
+from .sweep import run_status
 
-PID_FILE = ".worker_pid"  # "PID HOST" of the worker process training the run, while it does
-LOG_FILE = "log.txt"
+PID_FILE = rundir.WORKER_PID
 NEEDS_RAY = "the Ray executor needs Ray: pip install 'ponder[ray]'"
 
 Job = list[tuple[RunConfig, Path]]
@@ -194,8 +194,7 @@ def _plain(job: Job) -> list[dict[str, Any]]:
 def _record_failure(job: Job, reason: str) -> None:
     for config, run_dir in job:
         if run_status(run_dir, config) not in ("done", "diverged"):
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(run_dir / ERROR_FILE, reason + "\n")
+            rundir.write_error(run_dir, reason)
 
 
 def _train_job(items: list[dict[str, Any]], threads: int, uses_gpu: bool) -> None:
@@ -216,7 +215,7 @@ def _train_job(items: list[dict[str, Any]], threads: int, uses_gpu: bool) -> Non
         atomic_write(run_dir / PID_FILE, stamp)
     try:
         with (
-            (job[0][1] / LOG_FILE).open("a") as log,
+            rundir.log_path(job[0][1]).open("a") as log,
             contextlib.redirect_stdout(log),
             contextlib.redirect_stderr(log),
         ):

@@ -31,8 +31,9 @@ import matplotlib
 import numpy as np
 import torch
 
-from . import metrics, tasks, train
-from .config import RESUMABLE_FIELDS, TASK_DEFAULTS, RunConfig
+from . import metrics, rundir, tasks, train
+from .config import TASK_DEFAULTS, RunConfig
+from .rundir import RunError
 
 matplotlib.use("Agg")  # headless: reports are built on servers and in CI, before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402
@@ -41,7 +42,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"
 FIGURES = "figures"
-ERROR = "error.txt"  # left in a run directory by a sweep when the run failed
 DPI = 150
 PAPER_BUDGET = 2_000_000
 CHUNK = 250  # sequences per forward pass when probing trained networks
@@ -85,8 +85,6 @@ PAPER_TABLE_TITLE = {
 }
 REDUCED = "n/a (reduced problem)"
 OTHER_CELL = "n/a (other cell)"
-# Fields that only matter to ACT (a fixed ponder cost is no penalty: train.py trains with tau 0).
-ACT_ONLY = ("tau", "epsilon", "max_ponder", "halting_bias", "ponder_loss")
 DIFFICULTY_LABEL = {
     "parity": "nonzero input bits",
     "addition": "digits of the input number",
@@ -110,10 +108,10 @@ class RunResult:
     status: str  # one of STATUSES
     steps: np.ndarray  # logged steps, [L]
     accuracy: np.ndarray  # training accuracy per log, [L]
-    ponder: np.ndarray  # the paper_ponder column (N - 1 + R for ACT, rho otherwise), [L]
+    ponder: np.ndarray  # the repetitions column (N - 1 + R for ACT, rho otherwise), [L]
     steps_to_solve: int | None  # paper criterion, recomputed from metrics.csv
     eval_steps_to_solve: int | None  # first log with held-out accuracy >= threshold
-    repetitions: float | None  # paper_ponder of the last logged row
+    repetitions: float | None  # the repetitions of the last logged row
     mean_n: float | None  # mean N(t) of the last logged row (ACT only)
     error: str = ""  # first line of error.txt for a failed run
 
@@ -164,30 +162,29 @@ class ConfigRow:
 
 
 def read_run(run_dir: Path) -> RunResult:
-    """Read one run directory; raises ``train.RunError`` if its config.yaml is unreadable."""
+    """Read one run directory; raises ``RunError`` if its config.yaml is unreadable."""
     run_dir = Path(run_dir)
-    config = train.read_config(run_dir)
-    rows = train.read_metrics(run_dir)
+    config = rundir.read_config(run_dir)
+    rows = rundir.read_metrics(run_dir)
 
     def column(name: str) -> np.ndarray:
         return np.array([r.get(name, math.nan) for r in rows], dtype=float)
 
     steps = np.array([r["step"] for r in rows], dtype=np.int64)
-    accuracy, ponder = column("train_accuracy"), column("paper_ponder")
+    accuracy, ponder = column("train_accuracy"), column("repetitions")
     stp = metrics.steps_to_solve(
         steps.tolist(), accuracy.tolist(), config.solve_threshold, config.solve_window
     )
     i = metrics.first_crossing(column("eval_accuracy"), config.solve_threshold)
 
-    error = ""
-    if (run_dir / ERROR).exists():
+    error = rundir.read_error(run_dir)
+    if error is not None:
         status = "failed"
-        text = (run_dir / ERROR).read_text(errors="replace").strip().splitlines()
-        error = text[0] if text else ""
     else:
+        error = ""
         try:
-            summary = train.read_summary(run_dir)
-        except train.RunError:
+            summary = rundir.read_summary(run_dir)
+        except RunError:
             summary = None  # a corrupt summary: the run has to finish again
         if summary is None:
             status = "unfinished"
@@ -205,8 +202,8 @@ def read_run(run_dir: Path) -> RunResult:
         ponder=ponder,
         steps_to_solve=stp,
         eval_steps_to_solve=None if i is None else int(steps[i]),
-        repetitions=last.get("paper_ponder"),
-        mean_n=last.get("steps") if config.model == "act" else None,
+        repetitions=last.get("repetitions"),
+        mean_n=last.get("ponder_steps") if config.model == "act" else None,
         error=error,
     )
 
@@ -219,36 +216,31 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[str]]:
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise train.RunError(f"sweep directory not found: {sweep_dir}")
-    if (sweep_dir / train.CONFIG).exists():
+        raise RunError(f"sweep directory not found: {sweep_dir}")
+    if (sweep_dir / rundir.CONFIG).exists():
         candidates = [sweep_dir]
     else:
-        candidates = sorted(p for p in sweep_dir.iterdir() if (p / train.CONFIG).is_file())
+        candidates = sorted(p for p in sweep_dir.iterdir() if (p / rundir.CONFIG).is_file())
     runs, skipped = [], []
     for path in candidates:
         try:
             runs.append(read_run(path))
-        except train.RunError as e:
+        except RunError as e:
             skipped.append(f"{path.name}: {e}")
     if not runs:
         why = f" ({len(skipped)} with an unreadable config.yaml)" if skipped else ""
-        raise train.RunError(f"{sweep_dir} holds no run (no sub-directory with a config.yaml){why}")
+        raise RunError(f"{sweep_dir} holds no run (no sub-directory with a config.yaml){why}")
     return runs, skipped
 
 
 def config_key(config: RunConfig) -> dict[str, Any]:
     """What makes runs one configuration: the config without seed, budget, device and fields
     the model ignores (tau etc. for non-ACT, rho for non-Repeat); task options flattened in."""
-    d = config.to_dict()
-    for k in ("seed", *RESUMABLE_FIELDS):
-        d.pop(k)
+    d = config.identity(ignore=("seed",))
     options = d.pop("task_options")
-    if config.model != "act":
-        for k in ACT_ONLY:
-            d.pop(k)
-    if config.model != "repeat":
-        d.pop("rho")
-    return {**d, **options}  # option names (bits, digits, ...) are not RunConfig fields
+    return {
+        k: v for k, v in {**d, **options}.items() if v is not None
+    }  # option names (bits, digits, ...) are not RunConfig fields
 
 
 def paper_values(config: RunConfig) -> tuple[str, str, str]:
@@ -443,7 +435,7 @@ def write_csv(rows: list[ConfigRow], path: Path) -> None:
     writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(rows))
-    train.atomic_write(Path(path), buf.getvalue())
+    rundir.atomic_write(Path(path), buf.getvalue())
 
 
 def _steps_cell(median: float | None, q25: float | None, q75: float | None, k: int) -> str:
@@ -588,7 +580,7 @@ def write_markdown(
     if skipped:
         lines += ["", "Not read (unreadable config.yaml):", ""]
         lines += [f"- {s}" for s in skipped]
-    train.atomic_write(Path(path), "\n".join(lines).rstrip() + "\n")
+    rundir.atomic_write(Path(path), "\n".join(lines).rstrip() + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -698,7 +690,7 @@ def probe_ponder(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, np
     for start in range(0, samples, CHUNK):
         x, _ = task.sample(min(CHUNK, samples - start), gen)  # [B, T, input_size]
         _, info = net(x)
-        ponders.append(info["paper_ponder"].float().numpy())  # [B, T]
+        ponders.append(info["repetitions"].float().numpy())  # [B, T]
         difficulties.append(task.difficulty(x).numpy())  # [B, T]
     return np.concatenate(ponders), np.concatenate(difficulties)
 
@@ -802,12 +794,12 @@ def build_figures(
         if row.model != "act" or difficulty_samples < 1:
             continue
         for r in row.runs:
-            if not (r.path / train.CHECKPOINT).exists():
+            if not rundir.has_checkpoint(r.path):
                 notes.append(f"{r.path.name}: no checkpoint")
                 continue
             try:
                 probes[r.path] = probe_ponder(r.path, difficulty_samples, generator_seed)
-            except train.RunError as e:
+            except RunError as e:
                 notes.append(f"{r.path.name}: {e}")
 
     name = "addition-ponder-position.png"
@@ -841,7 +833,7 @@ def build_report(
     ``difficulty_samples`` fresh sequences, drawn from a CPU generator seeded with
     ``generator_seed``, probe each trained ACT network for the ponder figures (0: no such
     figures, a quick report). ``note`` is free
-    text put at the top of report.md. Raises ``train.RunError`` if the directory does not exist
+    text put at the top of report.md. Raises ``RunError`` if the directory does not exist
     or holds no run.
     """
     sweep_dir = Path(sweep_dir)

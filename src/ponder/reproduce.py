@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from . import bench
 from . import sweep as sweeps
-from .config import RunConfig, from_dict, resolve
-from .train import resolve_device
+from .config import RunConfig, from_dict, resolve, run_name
+from .engine import resolve_device
 
 FULL_GRIDS = {
     "parity": ["parity-table", "parity-tau", "parity-rho"],
@@ -65,7 +65,7 @@ def quick_grid() -> sweeps.Grid:
     for point in points:
         for seed in range(q.seeds):
             config = resolve(from_dict({**base, **point, "seed": seed}))
-            runs.append(sweeps.Run(sweeps.run_name(config, {}), config))
+            runs.append(sweeps.Run(run_name(config), config))
     note = QUICK_NOTE.format(
         bits=q.bits, steps=q.steps, log_every=q.log_every, solve_window=q.solve_window,
         seeds=q.seeds, taus=", ".join(f"{t:g}" for t in q.taus),
@@ -95,7 +95,7 @@ def estimate_hours(grid: sweeps.Grid, jobs: int) -> float:
     seen: dict[str, float] = {}
     total = 0.0
     for r in grid.runs:
-        key = repr(sorted((k, v) for k, v in r.config.identity().items() if k != "seed"))
+        key = r.config.key(ignore=("seed",))
         if key not in seen:
             seen[key] = measure_steps_per_second(r.config)
         total += r.config.steps / seen[key]

@@ -39,20 +39,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve
-from .train import (
-    RunError,
-    atomic_write,
-    check_same_run,
-    last_logged_step,
-    load_checkpoint,
-    read_summary,
-)
+from . import rundir
+from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve, run_name
+from .rundir import RunError, atomic_write
 
 GRID_KEYS = {"name", "description", "base", "seeds", "budget", "stop_when_solved", "axes", "note"}
-ERROR_FILE = "error.txt"
-RUNNING_FILE = ".running"  # present while a worker trains the run
-JOB_FILE = "job.json"
 
 
 @dataclass(frozen=True)
@@ -188,42 +179,13 @@ def _merge(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_name(config: RunConfig, varied: dict[str, Any]) -> str:
-    """``act-tau0.01-seed3``: the model, its own knob, the other varied values, the seed."""
-    parts = [config.model]
-    if config.model == "act":
-        parts.append(f"tau{config.tau:g}")
-    elif config.model == "repeat":
-        parts.append(f"rho{config.rho}")
-    for key, value in varied.items():
-        if key in ("model", "tau", "rho"):
-            continue
-        leaf = key.split(".")[-1].replace("_", "")
-        parts.append(f"{leaf}{value:g}" if isinstance(value, float) else f"{leaf}{value}")
-    parts.append(f"seed{config.seed}")
-    return "-".join(parts)
-
-
 # --------------------------------------------------------------------------------------------
 # Running one job (in whatever process an executor chose)
 
 
 def run_status(run_dir: Path, config: RunConfig) -> str:
     """``done``, ``diverged``, ``failed``, ``partial`` (has progress) or ``new``."""
-    try:
-        summary = read_summary(run_dir)
-    except RunError:
-        summary = None
-    if summary is not None:
-        if summary.get("diverged"):
-            return "diverged"
-        if summary.get("step", 0) >= config.steps or (
-            config.stop_when_solved and summary.get("stopped_when_solved")
-        ):
-            return "done"
-    if (run_dir / ERROR_FILE).exists():
-        return "failed"
-    return "partial" if (run_dir / "metrics.csv").exists() else "new"
+    return rundir.status(run_dir, config)
 
 
 def execute_job(runs: list[tuple[RunConfig, Path]]) -> None:
@@ -231,25 +193,21 @@ def execute_job(runs: list[tuple[RunConfig, Path]]) -> None:
 
     A run (or ensemble) that raises is recorded in ``error.txt`` and the sweep goes on.
     """
-    from . import ensemble, train
+    from . import train
 
     for _, run_dir in runs:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ERROR_FILE).unlink(missing_ok=True)
-        (run_dir / RUNNING_FILE).touch()
+        rundir.clear_error(run_dir)
+        rundir.mark_running(run_dir, True)
     try:
-        if len(runs) == 1:
-            train.run(*runs[0])
-        else:
-            ensemble.run_group([c for c, _ in runs], [d for _, d in runs])
+        train.run_group([c for c, _ in runs], [d for _, d in runs])
     except Exception as e:  # recorded, and the sweep goes on
         text = "".join(traceback.format_exception(e))
         for config, run_dir in runs:
             if run_status(run_dir, config) not in ("done", "diverged"):
-                atomic_write(run_dir / ERROR_FILE, f"{type(e).__name__}: {e}\n\n{text}")
+                rundir.write_error(run_dir, f"{type(e).__name__}: {e}\n\n{text}")
     finally:
         for _, run_dir in runs:
-            (run_dir / RUNNING_FILE).unlink(missing_ok=True)
+            rundir.mark_running(run_dir, False)
 
 
 def write_job(path: Path, runs: list[tuple[RunConfig, Path]]) -> None:
@@ -295,7 +253,7 @@ class LocalExecutor:
         def launch(i: int, job: list[tuple[RunConfig, Path]]) -> None:
             job_file = folder / f"job{i}.json"
             write_job(job_file, job)
-            log = job[0][1] / "log.txt"
+            log = rundir.log_path(job[0][1])
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("ab") as out:
                 code = subprocess.call(
@@ -305,7 +263,7 @@ class LocalExecutor:
             if code != 0:  # the worker itself died (killed, out of memory): record it
                 for config, run_dir in job:
                     if run_status(run_dir, config) not in ("done", "diverged"):
-                        atomic_write(run_dir / ERROR_FILE, f"worker exited with status {code}\n")
+                        rundir.write_error(run_dir, f"worker exited with status {code}")
             job_file.unlink(missing_ok=True)
 
         with ThreadPoolExecutor(self.jobs) as pool:
@@ -337,13 +295,11 @@ def plan_jobs(
 ) -> list[list[tuple[RunConfig, Path]]]:
     """The jobs of the runs that still have work to do (finished runs are skipped).
 
-    With ``batch`` > 1, runs that share a shape (``ensemble.group_key``: the seeds of a
+    With ``batch`` > 1, runs that share a shape (``RunConfig.ensemble_key``: the seeds of a
     configuration, ACT's tau values) and start from the same point (all new, or all resuming
     from one checkpoint step) train together as ensembles of at most ``batch`` runs, where
-    that is faster (``ensemble.worth_batching``).
+    that is faster (``worth_batching``).
     """
-    from .ensemble import group_key, worth_batching
-
     groups: dict[tuple, list[tuple[RunConfig, Path]]] = {}
     for r in runs:
         run_dir = sweep_dir / r.name
@@ -351,19 +307,34 @@ def plan_jobs(
         if status in ("done", "diverged"):
             continue
         resume = _resume_step(run_dir) if batch > 1 and worth_batching(r.config) else None
-        key = (group_key(r.config), resume) if resume is not None else (r.name,)
+        key = (r.config.ensemble_key(), resume) if resume is not None else (r.name,)
         groups.setdefault(key, []).append((r.config, run_dir))
     return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), batch)]
+
+
+def worth_batching(config: RunConfig) -> bool:
+    """Whether training runs of ``config`` as an ensemble beats training them one by one.
+
+    On a GPU it always does (the step is launch-bound). On a CPU it does for the small networks
+    of parity and logic, whose step is bound by per-op overhead, but not for an LSTM of 512
+    cells (addition, sort), whose step is bound by arithmetic and where PyTorch's fused LSTM
+    kernel beats batched matmuls (``ponder bench``: 0.5x to 0.9x on 2 cores).
+    """
+    from .engine import resolve_device
+    from .models import GATES
+
+    if resolve_device(config.device).type == "cuda":
+        return True
+    return config.hidden * GATES[config.cell] <= 512
 
 
 def _resume_step(run_dir: Path) -> int | None:
     """The step a run would resume from: 0 for a new one, None for a broken checkpoint (that
     run trains, and fails with its clear error, alone)."""
-    path = run_dir / "checkpoint.pt"
-    if not path.exists():
+    if not rundir.has_checkpoint(run_dir):
         return 0
     try:
-        return int(load_checkpoint(path)["step"])
+        return int(rundir.load_checkpoint(run_dir)["step"])
     except RunError:
         return None
 
@@ -382,9 +353,8 @@ def sweep(
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     for r in grid.runs:  # a changed grid must not mix with the runs already there
-        check_same_run(r.config, sweep_dir / r.name)
-    for marker in sweep_dir.glob(f"*/{RUNNING_FILE}"):  # left by a sweep that was killed
-        marker.unlink()
+        rundir.check_same_run(r.config, sweep_dir / r.name)
+    rundir.clear_running(sweep_dir)  # markers left by a sweep that was killed
     manifest = {
         "name": grid.name,
         "description": grid.description,
@@ -439,8 +409,8 @@ class _Monitor:
                 steps += r.config.steps
                 counts["failed"] += 1
             else:
-                steps += last_logged_step(d)
-                counts["running"] += (d / RUNNING_FILE).exists()
+                steps += rundir.last_logged_step(d)
+                counts["running"] += rundir.is_running(d)
         return steps, counts
 
     def _loop(self) -> None:

@@ -1,301 +1,45 @@
-"""One training run: a plain function of its resolved config and its directory.
+"""The training loop: a group of runs, trained together; a single run is a group of one.
 
-``run(config, out_dir)`` trains with the Fojo et al. protocol (Adam, fresh random batches every
-step, accuracy logged every ``log_every`` steps on the training batch) and writes, in ``out_dir``:
+``run_group(configs, run_dirs)`` trains with the Fojo et al. protocol (Adam, fresh random
+batches every step, accuracy logged every ``log_every`` steps on the training batch, the held-out
+set evaluated at every log) and keeps each run's directory (``ponder.rundir``): config,
+metrics.csv and TensorBoard events, a checkpoint every ``checkpoint_every`` logs, summary.json
+when the run has nothing left to do, engine.json saying what trained it. A group of one trains
+on its own network (``engine.Single``); a larger group trains as one stacked model
+(``ensemble.Stacked``). Everything else here is the same for both.
 
-    config.yaml      the full resolved config, at the start
-    metrics.csv      one row per log step (header row)
-    events.out.*     the same scalars for TensorBoard
-    checkpoint.pt    model, optimizer, step and data RNG, every ``checkpoint_every`` logs (atomic)
-    summary.json     solved, steps_to_solve, eval_steps_to_solve, accuracies, ponder, at the end
-
-Calling ``run`` again on the same directory continues from the checkpoint; on the CPU the resumed
-run logs exactly what an uninterrupted one would. The loss is the authors' code's: per sequence,
-the task loss (mean over its classifications) plus tau times the ponder cost averaged over time
-steps (``ponder_loss="sum"``: summed, as in Graves), then the batch mean.
+Calling it again on the same directories continues from the checkpoints; on the CPU a resumed
+run logs exactly what an uninterrupted one would. A run stops at its own budget (``steps``),
+when its loss becomes NaN or infinite (``"diverged": true``), or with ``stop_when_solved`` once
+the paper's criterion and the held-out criterion are both met and the paper criterion's crossing
+can no longer move (``Curve.decided``).
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import metrics, tasks
-from .config import ConfigError, RunConfig, from_dict, load_yaml, save_yaml
-from .graphs import Stepper
-from .models import ModelSpec, PonderNet, build_model
+from . import metrics, rundir, tasks
+from .config import RunConfig
+from .engine import (
+    WINDOW,
+    Engine,
+    Single,
+    build,
+    eval_set,
+    resolve_device,
+    set_matmul_precision,
+    uses_graphs,
+)
+from .models import TaskNet
+from .rundir import RunError
 
-CONFIG = "config.yaml"
-METRICS = "metrics.csv"
-CHECKPOINT = "checkpoint.pt"
-SUMMARY = "summary.json"
-COLUMNS = [
-    "step", "loss", "task_loss", "train_accuracy", "ponder", "steps", "paper_ponder",
-    "eval_accuracy", "eval_ponder", "elapsed_s",
-]  # fmt: skip
-# Window means accumulated on the device between logs (no host sync inside a step).
-WINDOW = ("loss", "ponder", "steps", "paper_ponder", "nonfinite")
-
-
-class RunError(Exception):
-    """A run cannot start or continue for a reason a person must fix; the message says which."""
-
-
-# --------------------------------------------------------------------------------------------
-# Small pieces shared with sweeps and reports
-
-
-def derive_seed(seed: int, stream: str) -> int:
-    """An independent 63-bit seed for one random stream ("init", "data") of run ``seed``."""
-    digest = hashlib.sha256(f"ponder:{stream}:{seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def set_matmul_precision(config: RunConfig, device: torch.device) -> None:
-    """TF32 matmuls (and cuDNN convolutions/RNNs) on a CUDA GPU when the config opts in."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = config.tf32
-        torch.backends.cudnn.allow_tf32 = config.tf32
-
-
-def uses_graphs(config: RunConfig, device: torch.device) -> bool:
-    """Whether training steps replay CUDA graphs (``ponder.graphs``): on a CUDA device unless
-    the config turns them off."""
-    return config.cuda_graphs and device.type == "cuda"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda was asked for but PyTorch sees no CUDA GPU here")
-    return torch.device(name)
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``path`` so that a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def build(config: RunConfig) -> tuple[tasks.Task, ModelSpec]:
-    """The task and network spec a resolved config describes."""
-    task = tasks.make(config.task, **config.task_options)
-    spec = ModelSpec(
-        input_size=task.input_size,
-        output_size=task.output_size,
-        model=config.model,
-        cell=config.cell,
-        hidden=config.hidden,
-        rho=config.rho,
-        epsilon=config.epsilon,
-        max_ponder=config.max_ponder,
-        halting_bias=config.halting_bias,
-    )
-    return task, spec
-
-
-def effective_tau(config: RunConfig) -> float:
-    """The time penalty the loss applies: tau for ACT, 0 where the ponder cost is fixed."""
-    return config.tau if config.model == "act" else 0.0
-
-
-def make_adam(
-    params, lr: float, device: torch.device, capturable: bool = False
-) -> torch.optim.Adam:
-    """The paper's Adam (betas 0.9, 0.999, eps 1e-8), as one fused kernel over all parameters
-    where PyTorch has it (CPU and CUDA): several times faster than the per-tensor loop for
-    these small networks, and elementwise, so a stacked ensemble's members stay independent.
-    ``capturable`` keeps its step count on the device so a CUDA graph can record the update."""
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.Adam(
-        params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused, capturable=capturable
-    )
-
-
-def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
-    """Load a saved optimizer state but keep this optimizer's ``capturable`` setting: a
-    checkpoint written by a CUDA-graph run must resume on a CPU, and the other way round."""
-    capturable = [g.get("capturable", False) for g in opt.param_groups]
-    opt.load_state_dict(state)
-    for group, keep in zip(opt.param_groups, capturable, strict=True):
-        group["capturable"] = keep
-
-
-def objective(
-    task: tasks.Task,
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    info: dict[str, torch.Tensor],
-    tau: float | torch.Tensor,
-    ponder_loss: str = "mean",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence ``(loss, task_loss)``, ``[...]``: task loss + tau * ponder term."""
-    task_loss = task.loss(logits, targets)
-    if isinstance(tau, float) and tau == 0.0:  # no penalty (Repeat, the RNN): nothing to add
-        return task_loss, task_loss
-    cost = info["ponder_cost"]  # rho_t = N(t) + R(t), (..., T)
-    ponder = cost.mean(-1) if ponder_loss == "mean" else cost.sum(-1)
-    return task_loss + tau * ponder, task_loss
-
-
-def forward_backward(
-    net: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    task: tasks.Task,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    tau: float | torch.Tensor,
-    ponder_loss: str = "mean",
-    alive: torch.Tensor | None = None,
-    unroll: int | None = None,
-):
-    """The gradients of one batch, in each parameter's ``.grad``; returns each run's loss (``[]``,
-    or ``[K]`` for an ensemble), the per-sequence task loss, the logits (all detached) and the
-    model's info.
-
-    ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped;
-    ``unroll`` is ACT's fixed unroll (``ponder.act``). No number leaves the device here.
-    """
-    logits, info = net(x) if unroll is None else net(x, unroll=unroll)
-    loss_seq, task_loss = objective(task, logits, y, info, tau, ponder_loss)
-    loss = loss_seq.mean(-1)  # the batch mean, per run
-    total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
-    # While a CUDA graph records, the gradients are zeroed in place: the graph's update reads
-    # those buffers. Otherwise they are dropped, and backward writes fresh ones (cheaper).
-    recording = x.is_cuda and torch.cuda.is_current_stream_capturing()
-    opt.zero_grad(set_to_none=not recording)
-    total.backward()
-    return loss.detach(), task_loss.detach(), logits.detach(), info
-
-
-def make_stepper(
-    config: RunConfig,
-    net: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    task: tasks.Task,
-    sample: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-    generators: list[torch.Generator],
-    tau: float | torch.Tensor,
-    window: torch.Tensor,
-    alive: torch.Tensor | None = None,
-    graphs: bool = False,
-) -> Stepper:
-    """The training step of a run (or an ensemble, with ``alive``) as ``train.run`` and
-    ``ensemble`` take it: eager, or replayed from CUDA graphs (``ponder.graphs``)."""
-    return Stepper(
-        sample=sample,
-        grad=lambda x, y, unroll: forward_backward(
-            net, opt, task, x, y, tau, config.ponder_loss, alive, unroll
-        ),
-        opt=opt,
-        window=window,
-        terms=window_terms,
-        generators=generators,
-        graphs=graphs,
-        max_ponder=config.max_ponder if config.model == "act" else None,
-    )
-
-
-def read_config(out_dir: Path) -> RunConfig:
-    """The config recorded in a run directory; a missing or broken one is a ``RunError``."""
-    try:
-        return from_dict(load_yaml(Path(out_dir) / CONFIG))
-    except ConfigError as e:
-        raise RunError(str(e)) from None
-
-
-def read_metrics(out_dir: Path) -> list[dict[str, float]]:
-    """The rows of a run's metrics.csv as floats (step as int); [] if there is none."""
-    path = Path(out_dir) / METRICS
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                parsed = {k: float(v) for k, v in row.items() if k is not None and v != ""}
-            except (TypeError, ValueError):
-                break  # a torn last line of a killed run
-            if "step" not in parsed:
-                break
-            parsed["step"] = int(parsed["step"])
-            rows.append(parsed)
-    return rows
-
-
-def last_logged_step(out_dir: Path) -> int:
-    """The step of metrics.csv's last complete row (0 if none), reading only the file's end:
-    cheap enough to poll for progress while the run writes."""
-    try:
-        with (Path(out_dir) / METRICS).open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = f.read().decode(errors="replace").split("\n")
-    except FileNotFoundError:
-        return 0
-    for line in reversed(lines[:-1]):  # the part after the last newline may be half-written
-        head = line.split(",", 1)[0]
-        if head.isdigit():
-            return int(head)
-    return 0
-
-
-def read_summary(out_dir: Path) -> dict[str, Any] | None:
-    path = Path(out_dir) / SUMMARY
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunError(f"{path} is corrupt; delete it to let the run finish again") from None
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise RunError(f"checkpoint not found: {path}") from None
-    except Exception:
-        raise RunError(
-            f"checkpoint {path} is corrupt or truncated; delete it to restart the run"
-        ) from None
-    if not isinstance(ckpt, dict) or not {"model", "optimizer", "step", "data_rng"} <= set(ckpt):
-        raise RunError(f"checkpoint {path} is not a ponder checkpoint")
-    return ckpt
-
-
-def load_model(out_dir: Path, device: str = "cpu") -> tuple[PonderNet, tasks.Task, RunConfig]:
-    """The trained network of a run directory (from its last checkpoint), its task and config."""
-    config = read_config(out_dir)
-    task, spec = build(config)
-    net = PonderNet(spec)
-    ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT)
-    net.load_state_dict(ckpt["model"])
-    return net.to(device).eval(), task, config
-
-
-# --------------------------------------------------------------------------------------------
-# The run
+__all__ = ["RunError", "load_model", "run", "run_group"]
 
 
 @dataclass
@@ -325,65 +69,29 @@ class Curve:
         )
 
 
-def check_same_run(config: RunConfig, out_dir: Path) -> None:
-    """Raise ``RunError`` if ``out_dir`` holds a run whose config computes something else."""
-    if not (Path(out_dir) / CONFIG).exists():
-        return
-    old, new = read_config(out_dir).identity(), config.identity()
-    if old != new:
-        diff = [k for k, v in new.items() if old.get(k) != v]
-        raise RunError(
-            f"{out_dir} holds a run with a different config ({', '.join(diff)}); use another --out"
-        )
+class Member:
+    """One run of a group while it trains: its directory, its curve, its resume point."""
 
-
-def _prepare_dir(config: RunConfig, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    check_same_run(config, out_dir)
-    atomic_write(out_dir / CONFIG, save_yaml(config))
-
-
-def _rewrite_metrics(out_dir: Path, rows: list[dict[str, float]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(out_dir / METRICS, buf.getvalue())
-
-
-class Recorder:
-    """A run directory while it trains: resume point, metrics, TensorBoard, checkpoints, summary.
-
-    Both the single-run loop below and the batched ensemble use it, so a run directory looks
-    the same (and resumes the same) whichever trained it.
-    """
-
-    def __init__(self, config: RunConfig, out_dir: str | Path) -> None:
-        self.config, self.dir = config, Path(out_dir)
-        _prepare_dir(config, self.dir)
+    def __init__(self, config: RunConfig, run_dir: str | Path) -> None:
+        self.config, self.dir = config, Path(run_dir)
+        rundir.prepare(config, self.dir)
         self.curve = Curve()
         self.last: dict[str, float] | None = None
         self.extra: dict[str, Any] = {"diverged": False, "stopped_when_solved": False}
         self.t0 = time.perf_counter()
         self.ckpt_step = -1
-        self._csv = self._tb = None
+        self.log: rundir.MetricsLog | None = None
 
     def finished(self) -> dict[str, Any] | None:
         """The summary of a run that has nothing left to do, else None."""
-        done, c = read_summary(self.dir), self.config
-        if done is not None and (
-            done.get("diverged")
-            or done["step"] >= c.steps
-            or (c.stop_when_solved and done.get("stopped_when_solved"))
-        ):
-            return done
-        return None
+        done = rundir.read_summary(self.dir)
+        return done if rundir.finished(done, self.config) else None
 
     def resume(self) -> dict[str, Any] | None:
         """The last checkpoint (None for a fresh run); drops the rows logged after it."""
-        path, rows, ckpt = self.dir / CHECKPOINT, read_metrics(self.dir), None
-        if path.exists():
-            ckpt = load_checkpoint(path)
+        rows, ckpt = rundir.read_metrics(self.dir), None
+        if rundir.has_checkpoint(self.dir):
+            ckpt = rundir.load_checkpoint(self.dir)
         elif rows and rows[-1]["step"] >= self.config.log_every * self.config.checkpoint_every:
             raise RunError(
                 f"{self.dir} has metrics up to step {rows[-1]['step']} but its checkpoint is "
@@ -391,28 +99,20 @@ class Recorder:
             )
         step = int(ckpt["step"]) if ckpt else 0
         rows = [r for r in rows if r["step"] <= step]  # what came after the checkpoint is redone
-        _rewrite_metrics(self.dir, rows)
         for r in rows:
             self.curve.add(r)
         self.last = rows[-1] if rows else None
         self.t0 = time.perf_counter() - (float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0)
         self.ckpt_step = step
-        from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
-
-        self._file = (self.dir / METRICS).open("a", newline="")
-        self._csv = csv.DictWriter(self._file, COLUMNS, extrasaction="ignore", lineterminator="\n")
-        self._tb = SummaryWriter(str(self.dir), purge_step=step + 1 if step else None)
+        self.log = rundir.MetricsLog(self.dir, rows, step)
         return ckpt
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def log(self, row: dict[str, float]) -> bool:
+    def add(self, row: dict[str, float]) -> bool:
         """Record one log row; True when the run should now stop (solved and decided)."""
-        self._csv.writerow(row)
-        self._file.flush()
-        for k in COLUMNS[1:]:
-            self._tb.add_scalar(k, row[k], row["step"])
+        self.log.write(row)
         self.curve.add(row)
         self.last = row
         if self.config.stop_when_solved and self.curve.decided(self.config):
@@ -424,52 +124,36 @@ class Recorder:
         c = self.config
         return step % c.log_every == 0 and (step // c.log_every) % c.checkpoint_every == 0
 
-    def save(self, model: dict, optimizer: dict, data_rng: torch.Tensor, step: int) -> None:
-        state = {
-            "model": model,
-            "optimizer": optimizer,
-            "step": step,
-            "data_rng": data_rng,
-            "elapsed_s": self.elapsed(),
-        }
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write(self.dir / CHECKPOINT, buf.getvalue())
+    def save(self, state: dict[str, Any], step: int) -> None:
+        rundir.save_checkpoint(self.dir, {**state, "step": step, "elapsed_s": self.elapsed()})
         self.ckpt_step = step
 
-    def diverged(self, step: int) -> None:
-        self.extra.update(diverged=True, diverged_near_step=step)
-
     def close(self) -> None:
-        if self._tb is not None:
-            self._file.close()
-            self._tb.close()
-            self._tb = None
+        if self.log is not None:
+            self.log.close()
+            self.log = None
 
     def finish(self) -> dict[str, Any]:
         """Write summary.json (atomically) and return it."""
         self.close()
-        extra = {**self.extra, "elapsed_s": self.elapsed(), "finished": True}
-        summary = _summary(self.config, self.curve, self.last, **extra)
-        atomic_write(self.dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        c, last = self.config, self.last or {}
+        stp = self.curve.steps_to_solve(c)
+        summary = {
+            "solved": stp is not None,
+            "steps_to_solve": stp,
+            "eval_steps_to_solve": self.curve.eval_steps_to_solve(c),
+            "final_train_accuracy": last.get("train_accuracy"),
+            "final_eval_accuracy": last.get("eval_accuracy"),
+            "ponder_cost": last.get("ponder_cost"),
+            "ponder_steps": last.get("ponder_steps"),
+            "repetitions": last.get("repetitions"),
+            "step": int(last.get("step", 0)),
+            **self.extra,
+            "elapsed_s": self.elapsed(),
+            "finished": True,
+        }
+        rundir.write_summary(self.dir, summary)
         return summary
-
-
-def _summary(config: RunConfig, curve: Curve, last: dict[str, float] | None, **extra) -> dict:
-    stp = curve.steps_to_solve(config)
-    last = last or {}
-    return {
-        "solved": stp is not None,
-        "steps_to_solve": stp,
-        "eval_steps_to_solve": curve.eval_steps_to_solve(config),
-        "final_train_accuracy": last.get("train_accuracy"),
-        "final_eval_accuracy": last.get("eval_accuracy"),
-        "mean_steps": last.get("steps"),
-        "mean_ponder": last.get("ponder"),
-        "mean_repetitions": last.get("paper_ponder"),
-        "step": int(last.get("step", 0)),
-        **extra,
-    }
 
 
 def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -478,120 +162,179 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     A run that already finished returns its summary untouched. ``summary["diverged"]`` is True
     when the loss became NaN or infinite; the run then stops at the log step that saw it.
     """
-    device = resolve_device(config.device)
-    set_matmul_precision(config, device)
-    rec = Recorder(config, out_dir)
-    if (done := rec.finished()) is not None:
-        return done
+    return run_group([config], [out_dir])[0]
 
-    task, spec = build(config)
-    init_gen = torch.Generator().manual_seed(derive_seed(config.seed, "init"))
-    net = build_model(spec, config.init, init_gen).to(device)
-    graphs = uses_graphs(config, device)
-    opt = make_adam(net.parameters(), config.lr, device, capturable=graphs)
-    data_gen = torch.Generator(device).manual_seed(derive_seed(config.seed, "data"))
-    eval_x, eval_y = eval_set(task, config, device)
-    tau = effective_tau(config)
 
-    ckpt = rec.resume()
-    step = 0
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        load_optimizer(opt, ckpt["optimizer"])
-        data_gen.set_state(ckpt["data_rng"].to(data_gen.get_state().device))
-        step = int(ckpt["step"])
-    bar = _progress(config, step, rec.dir)
-    window = torch.zeros(len(WINDOW), device=device)
-    log_step = step  # the window starts where the run resumes
-    net.train()
+def run_group(configs: list[RunConfig], run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+    """Train (or resume) runs that share ``RunConfig.ensemble_key`` together; their summaries.
 
-    def sample():
-        return task.sample(config.batch_size, data_gen)
+    Members that already finished are left alone. The others must resume from the same step
+    (as they do when they were trained together), else each resumes on its own.
+    """
+    if len({c.ensemble_key() for c in configs}) != 1:
+        raise ValueError("run_group: the configs differ in more than seed and tau")
+    members = [Member(c, d) for c, d in zip(configs, run_dirs, strict=True)]
+    summaries = [m.finished() for m in members]
+    todo = [m for m, s in zip(members, summaries, strict=True) if s is None]
+    if todo:
+        ckpts = [m.resume() for m in todo]
+        steps = {int(c["step"]) if c else 0 for c in ckpts}
+        if len(steps) > 1:  # trained apart before: resume each on its own
+            for m in todo:
+                m.close()
+            for m in todo:
+                summaries[members.index(m)] = run(m.config, m.dir)
+        else:
+            for m, s in zip(todo, _train(todo, ckpts, steps.pop()), strict=True):
+                summaries[members.index(m)] = s
+    return summaries  # type: ignore[return-value]
 
-    stepper = make_stepper(config, net, opt, task, sample, [data_gen], tau, window, graphs=graphs)
+
+def _train(members: list[Member], ckpts: list[dict | None], step: int) -> list[dict[str, Any]]:
+    """The loop: members resume from ``step`` (their checkpoints) and train to their ends."""
+    c0 = members[0].config
     try:
-        while step < config.steps:
-            stepper()
+        device = resolve_device(c0.device)
+        set_matmul_precision(c0, device)
+        # A member whose budget was lowered below its resume point has nothing left to train.
+        live = [i for i, m in enumerate(members) if step < m.config.steps]
+        if not live:
+            return [m.finish() for m in members]
+        if len(live) < len(members):
+            for i, m in enumerate(members):
+                if i not in live:
+                    m.finish()
+            summaries = _train([members[i] for i in live], [ckpts[i] for i in live], step)
+            return [summaries[live.index(i)] if i in live else rundir.read_summary(members[i].dir)
+                    for i in range(len(members))]  # fmt: skip
+        eng = _engine([m.config for m in members], ckpts, device)
+        record = {
+            "from_step": step,
+            "engine": eng.name,
+            "members": [m.dir.name for m in members],
+            "device": str(device),
+            "cuda_graphs": uses_graphs(c0, device),
+            "torch": torch.__version__,
+        }
+        for m, reseeded in zip(members, eng.reseeded, strict=True):
+            rundir.record_engine(m.dir, {**record, "data_reseeded": reseeded})
+        _loop(eng, members, step, device)
+    finally:
+        for m in members:
+            m.close()
+    return [rundir.read_summary(m.dir) for m in members]
+
+
+def _engine(configs: list[RunConfig], ckpts: list[dict | None], device: torch.device) -> Engine:
+    if len(configs) == 1:
+        return Single(configs[0], ckpts[0], device)
+    from .ensemble import Stacked
+
+    return Stacked(configs, ckpts, device)
+
+
+def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -> None:
+    c0 = members[0].config
+    task = eng.task
+    eval_x, eval_y = eval_set(task, c0, device)
+    live = list(range(eng.k))
+    log_step = step  # the window starts where the run resumes
+    budget = max(m.config.steps for m in members)
+    bar = _progress(members, step, budget)
+    try:
+        while live:
+            eng.stepper()
             step += 1
             bar.update(1)
-            if step % config.log_every and step != config.steps:
+            ends = [i for i in live if step == members[i].config.steps]
+            if step % c0.log_every and not ends:
                 continue
             # ---- log step: the only place that moves numbers to the host
-            means = dict(zip(WINDOW, (window / (step - log_step)).tolist(), strict=True))
+            means = (eng.window / (step - log_step)).tolist()
             log_step = step
-            window.zero_()
-            if means["nonfinite"] > 0:
-                rec.diverged(step)
-                break
-            task_loss, logits, y = stepper.last
-            row = {
-                "step": step,
-                **{k: means[k] for k in ("loss", "ponder", "steps", "paper_ponder")},
-                "task_loss": float(task_loss.mean()),
-                "train_accuracy": float(task.accuracy(logits, y)),
-                **_evaluate(net, task, eval_x, eval_y),
-                "elapsed_s": rec.elapsed(),
-            }
-            stepper.logged()
-            stop = rec.log(row)
-            bar.set_postfix(
-                loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",
-                eval=f"{row['eval_accuracy']:.3f}", ponder=f"{row['ponder']:.2f}",
-            )  # fmt: skip
-            if rec.checkpoint_due(step) or stop:
-                rec.save(net.state_dict(), opt.state_dict(), data_gen.get_state(), step)
-            if stop:
-                break
-        if not rec.extra["diverged"] and rec.ckpt_step != step:
-            rec.save(net.state_dict(), opt.state_dict(), data_gen.get_state(), step)
+            eng.window.zero_()
+            task_loss, logits, y = eng.stepper.last
+            acc = torch.atleast_1d(task.accuracy(logits, y)).tolist()
+            task_losses = torch.atleast_1d(task_loss.mean(-1)).tolist()
+            held_out = evaluate(eng, task, eval_x, eval_y)
+            eng.stepper.logged()
+            for i in list(live):
+                m = members[i]
+                w = dict(zip(WINDOW, means[i], strict=True))
+                stop = i in ends
+                if w["nonfinite"] > 0:
+                    m.extra.update(diverged=True, diverged_near_step=step)
+                    stop = True
+                else:
+                    row = {
+                        "step": step,
+                        **{k: w[k] for k in WINDOW[:4]},
+                        "task_loss": task_losses[i],
+                        "train_accuracy": acc[i],
+                        **{k: v[i] for k, v in held_out.items()},
+                        "elapsed_s": m.elapsed(),
+                    }
+                    stop = m.add(row) or stop
+                    if m.checkpoint_due(step) or stop:
+                        m.save(eng.member_state(i), step)
+                if stop:
+                    m.finish()
+                    live.remove(i)
+                    eng.stop(i)
+            _show(bar, members, live)
     finally:
         bar.close()
-        rec.close()
-    return rec.finish()
-
-
-def eval_set(task: tasks.Task, config: RunConfig, device: torch.device):
-    """The held-out set: the same for every run and every log, from its own seed."""
-    return task.sample(config.eval_size, torch.Generator(device).manual_seed(config.eval_seed))
-
-
-def window_terms(loss: torch.Tensor, info: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[..., len(WINDOW)]``: this step's loss, ponder, N, paper ponder and a not-finite flag
-    (per run for an ensemble's ``[K]`` loss)."""
-    lead = loss.dim()
-    means: dict[int, torch.Tensor] = {}  # Repeat's three are one tensor: its mean once
-
-    def mean(t: torch.Tensor) -> torch.Tensor:  # over batch and time
-        if id(t) not in means:
-            means[id(t)] = t.flatten(lead).mean(-1)
-        return means[id(t)]
-
-    terms = [loss, mean(info["ponder_cost"]), mean(info["steps"]), mean(info["paper_ponder"])]
-    return torch.stack([*terms, (~torch.isfinite(loss)).to(loss.dtype)], -1)
 
 
 @torch.no_grad()
-def _evaluate(net: PonderNet, task: tasks.Task, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Held-out accuracy and ponder, in eval mode; ``net`` is left in the mode it was in."""
+def evaluate(eng: Engine, task: tasks.Task, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Each member's held-out accuracy, ponder cost and repetitions (lists over members), in
+    eval mode; the networks are left in the mode they were in."""
+    net = eng.modules()
     training = net.training
     net.eval()
-    logits, info = net(x)
+    logits, info = eng.forward(x)
     net.train(training)
     return {
-        "eval_accuracy": float(task.accuracy(logits, y)),
-        "eval_ponder": float(info["ponder_cost"].mean()),
+        "eval_accuracy": task.accuracy(logits, y).tolist(),
+        "eval_ponder_cost": info["ponder_cost"].flatten(1).mean(-1).tolist(),
+        "eval_repetitions": info["repetitions"].flatten(1).mean(-1).tolist(),
     }
 
 
-def _progress(config: RunConfig, step: int, out_dir: Path):
+def _progress(members: list[Member], step: int, budget: int):
     from tqdm.auto import tqdm
 
+    c0 = members[0].config
+    desc = members[0].dir.name if len(members) == 1 else f"{len(members)} runs"
     return tqdm(
-        total=config.steps,
+        total=budget,
         initial=step,
-        desc=out_dir.name,
-        disable=not config.progress,
+        desc=desc,
+        disable=not c0.progress,
         dynamic_ncols=True,
         mininterval=0.5,
         unit="step",
     )
+
+
+def _show(bar, members: list[Member], live: list[int]) -> None:
+    """The progress bar's numbers: the run's last log, or for a group how many still train."""
+    if len(members) > 1:
+        bar.set_postfix(training=f"{len(live)}/{len(members)}")
+        return
+    row = members[0].last
+    if row is not None:
+        bar.set_postfix(
+            loss=f"{row['loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",
+            eval=f"{row['eval_accuracy']:.3f}", ponder=f"{row['ponder_cost']:.2f}",
+        )  # fmt: skip
+
+
+def load_model(run_dir: Path, device: str = "cpu") -> tuple[TaskNet, tasks.Task, RunConfig]:
+    """The trained network of a run directory (from its last checkpoint), its task and config."""
+    config = rundir.read_config(run_dir)
+    task, spec = build(config)
+    net = TaskNet(spec)
+    net.load_state_dict(rundir.load_checkpoint(run_dir)["model"])
+    return net.to(device).eval(), task, config

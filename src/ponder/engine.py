@@ -1,0 +1,293 @@
+"""What one training step computes, and the engine that takes it for one run.
+
+The training loop (``train.py``) drives an *engine*: K runs' networks, optimizer and data
+generators behind one step. ``Single`` is one run's network, with PyTorch's fused recurrent
+kernels; ``ensemble.Stacked`` is K runs stacked into one model. Both expose the same few things
+(``Engine``), so the log step, divergence, checkpoints, held-out evaluation, stopping and the
+summary are written once, in the loop.
+
+The loss is the authors' code's: per sequence, the task loss (mean over its classifications)
+plus tau times the ponder cost averaged over time steps (``ponder_loss="sum"``: summed, as in
+Graves), then the batch mean. The optimizer is the paper's Adam. Every random number comes from
+a generator seeded from the run's seed (``derive_seed``): the same seed gives the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+from . import tasks
+from .config import RunConfig
+from .graphs import Stepper
+from .models import ModelSpec, TaskNet, build_model
+from .rundir import RunError
+
+# Window sums accumulated on the device between logs (no host sync inside a step), per run.
+WINDOW = ("loss", "ponder_cost", "ponder_steps", "repetitions", "nonfinite")
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """An independent 63-bit seed for one random stream ("init", "data") of run ``seed``."""
+    digest = hashlib.sha256(f"ponder:{stream}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda was asked for but PyTorch sees no CUDA GPU here")
+    return torch.device(name)
+
+
+def set_matmul_precision(config: RunConfig, device: torch.device) -> None:
+    """TF32 matmuls (and cuDNN convolutions/RNNs) on a CUDA GPU when the config opts in."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = config.tf32
+        torch.backends.cudnn.allow_tf32 = config.tf32
+
+
+def uses_graphs(config: RunConfig, device: torch.device) -> bool:
+    """Whether training steps replay CUDA graphs (``ponder.graphs``): on a CUDA device unless
+    the config turns them off."""
+    return config.cuda_graphs and device.type == "cuda"
+
+
+def build(config: RunConfig) -> tuple[tasks.Task, ModelSpec]:
+    """The task and network spec a resolved config describes."""
+    task = tasks.make(config.task, **config.task_options)
+    spec = ModelSpec(
+        input_size=task.input_size,
+        output_size=task.output_size,
+        model=config.model,
+        cell=config.cell,
+        hidden=config.hidden,
+        rho=config.rho,
+        epsilon=config.epsilon,
+        max_ponder=config.max_ponder,
+        halting_bias=config.halting_bias,
+    )
+    return task, spec
+
+
+def effective_tau(config: RunConfig) -> float:
+    """The time penalty the loss applies: tau for ACT, 0 where the ponder cost is fixed."""
+    return config.tau if config.model == "act" else 0.0
+
+
+def make_adam(
+    params, lr: float, device: torch.device, capturable: bool = False
+) -> torch.optim.Adam:
+    """The paper's Adam (betas 0.9, 0.999, eps 1e-8), as one fused kernel over all parameters
+    where PyTorch has it (CPU and CUDA): several times faster than the per-tensor loop for
+    these small networks, and elementwise, so a stacked ensemble's members stay independent.
+    ``capturable`` keeps its step count on the device so a CUDA graph can record the update."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(
+        params, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused, capturable=capturable
+    )
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load a saved optimizer state but keep this optimizer's ``capturable`` setting: a
+    checkpoint written by a CUDA-graph run must resume on a CPU, and the other way round."""
+    capturable = [g.get("capturable", False) for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, keep in zip(opt.param_groups, capturable, strict=True):
+        group["capturable"] = keep
+
+
+def init_network(config: RunConfig, spec: ModelSpec, ckpt: dict | None) -> TaskNet:
+    """Run ``config``'s network on the CPU: drawn from its "init" stream, or its checkpoint's."""
+    net = build_model(
+        spec, config.init, torch.Generator().manual_seed(derive_seed(config.seed, "init"))
+    )
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+    return net
+
+
+def data_generator(
+    config: RunConfig, device: torch.device, ckpt: dict | None
+) -> tuple[torch.Generator, bool]:
+    """Run ``config``'s data generator on ``device`` at its checkpoint, and whether it had to be
+    re-seeded: a CUDA generator's state (Philox) cannot become a CPU one's (Mersenne Twister)
+    or the reverse, so a run resumed on the other kind of device draws, from the checkpoint on,
+    from a fresh stream seeded by (seed, device, step). Same seed and resume point, same run."""
+    gen = torch.Generator(device).manual_seed(derive_seed(config.seed, "data"))
+    if ckpt is None:
+        return gen, False
+    state = ckpt["data_rng"]
+    saved = ckpt.get("data_device")  # absent in older checkpoints: tell by the state's size
+    same = saved == device.type if saved else state.numel() == gen.get_state().numel()
+    if same:
+        gen.set_state(state.to(gen.get_state().device))
+        return gen, False
+    stream = f"data:{device.type}@{int(ckpt['step'])}"
+    return gen.manual_seed(derive_seed(config.seed, stream)), True
+
+
+def eval_set(task: tasks.Task, config: RunConfig, device: torch.device):
+    """The held-out set: the same for every run and every log, from its own seed."""
+    return task.sample(config.eval_size, torch.Generator(device).manual_seed(config.eval_seed))
+
+
+def objective(
+    task: tasks.Task,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    info: dict[str, torch.Tensor],
+    tau: float | torch.Tensor,
+    ponder_loss: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence ``(loss, task_loss)``, ``[...]``: task loss + tau * ponder term."""
+    task_loss = task.loss(logits, targets)
+    if isinstance(tau, float) and tau == 0.0:  # no penalty (Repeat, the RNN): nothing to add
+        return task_loss, task_loss
+    cost = info["ponder_cost"]  # rho_t = N(t) + R(t), (..., T)
+    ponder = cost.mean(-1) if ponder_loss == "mean" else cost.sum(-1)
+    return task_loss + tau * ponder, task_loss
+
+
+def forward_backward(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    task: tasks.Task,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tau: float | torch.Tensor,
+    ponder_loss: str = "mean",
+    alive: torch.Tensor | None = None,
+    unroll: int | None = None,
+):
+    """The gradients of one batch, in each parameter's ``.grad``; returns each run's loss (``[]``,
+    or ``[K]`` for an ensemble), the per-sequence task loss, the logits (detached) and the
+    model's info.
+
+    ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped;
+    ``unroll`` is ACT's fixed unroll (``ponder.act``). No number leaves the device here.
+    """
+    logits, info = net(x) if unroll is None else net(x, unroll=unroll)
+    loss_seq, task_loss = objective(task, logits, y, info, tau, ponder_loss)
+    loss = loss_seq.mean(-1)  # the batch mean, per run
+    total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
+    # While a CUDA graph records, the gradients are zeroed in place: the graph's update reads
+    # those buffers. Otherwise they are dropped, and backward writes fresh ones (cheaper).
+    recording = x.is_cuda and torch.cuda.is_current_stream_capturing()
+    opt.zero_grad(set_to_none=not recording)
+    total.backward()
+    return loss.detach(), task_loss.detach(), logits.detach(), info
+
+
+def window_terms(loss: torch.Tensor, info: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[..., len(WINDOW)]``: this step's loss, ponder cost, N, repetitions and a not-finite
+    flag (per run for an ensemble's ``[K]`` loss)."""
+    lead = loss.dim()
+    means: dict[int, torch.Tensor] = {}  # Repeat's three are one tensor: its mean once
+
+    def mean(t: torch.Tensor) -> torch.Tensor:  # over batch and time
+        if id(t) not in means:
+            means[id(t)] = t.flatten(lead).mean(-1)
+        return means[id(t)]
+
+    terms = [loss, *(mean(info[k]) for k in WINDOW[1:4])]
+    return torch.stack([*terms, (~torch.isfinite(loss)).to(loss.dtype)], -1)
+
+
+def make_stepper(
+    config: RunConfig,
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    task: tasks.Task,
+    sample: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    generators: list[torch.Generator],
+    tau: float | torch.Tensor,
+    window: torch.Tensor,
+    alive: torch.Tensor | None = None,
+    graphs: bool = False,
+) -> Stepper:
+    """The training step of an engine: eager, or replayed from CUDA graphs (``ponder.graphs``)."""
+    return Stepper(
+        sample=sample,
+        grad=lambda x, y, unroll: forward_backward(
+            net, opt, task, x, y, tau, config.ponder_loss, alive, unroll
+        ),
+        opt=opt,
+        window=window,
+        terms=window_terms,
+        generators=generators,
+        graphs=graphs,
+        max_ponder=config.max_ponder if config.model == "act" else None,
+    )
+
+
+class Engine(Protocol):
+    """K runs' training state behind one step, as the training loop drives it.
+
+    ``stepper()`` trains every live member one step; ``stepper.last`` is the last step's
+    ``(task_loss, logits, y)`` and ``window`` (``[K, len(WINDOW)]``) the device sums since the
+    last log. ``forward(x)`` runs the networks in their current mode with a leading K
+    dimension; ``member_state(i)`` is member i's checkpoint in the single-run format (either
+    engine resumes it); ``stop(i)`` takes a finished member out of the step.
+    """
+
+    name: str
+    k: int
+    task: tasks.Task
+    stepper: Stepper
+    window: torch.Tensor
+    reseeded: list[bool]  # per member: its data stream was re-seeded on resume (``data_generator``)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def modules(self) -> torch.nn.Module: ...
+
+    def member_state(self, i: int) -> dict[str, Any]: ...
+
+    def stop(self, i: int) -> None: ...
+
+
+class Single:
+    """One run's own network (PyTorch's fused RNN/GRU/LSTM kernels for Repeat and the RNN)."""
+
+    name = "single"
+    k = 1
+
+    def __init__(self, config: RunConfig, ckpt: dict | None, device: torch.device) -> None:
+        self.task, spec = build(config)
+        self.net = init_network(config, spec, ckpt).to(device)
+        graphs = uses_graphs(config, device)
+        self.opt = make_adam(self.net.parameters(), config.lr, device, capturable=graphs)
+        if ckpt is not None:
+            load_optimizer(self.opt, ckpt["optimizer"])
+        self.gen, reseeded = data_generator(config, device, ckpt)
+        self.reseeded = [reseeded]
+        self.window = torch.zeros(1, len(WINDOW), device=device)
+        self.net.train()
+        task, gen, batch = self.task, self.gen, config.batch_size
+        self.stepper = make_stepper(
+            config, self.net, self.opt, task, lambda: task.sample(batch, gen), [gen],
+            effective_tau(config), self.window, graphs=graphs,
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, info = self.net(x)
+        return logits.unsqueeze(0), {k: v.unsqueeze(0) for k, v in info.items()}
+
+    def modules(self) -> torch.nn.Module:
+        return self.net
+
+    def member_state(self, i: int) -> dict[str, Any]:
+        return {
+            "model": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "data_rng": self.gen.get_state(),
+            "data_device": self.gen.device.type,
+        }
+
+    def stop(self, i: int) -> None:
+        pass  # the loop ends with its only member
