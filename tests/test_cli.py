@@ -109,3 +109,70 @@ def test_smoke_run_as_subprocess_then_sigkill_and_resume(tmp_path):
     assert steps == list(range(10, killed_at + 21, 10))
     assert json.loads((out / "summary.json").read_text())["step"] == killed_at + 20
     assert "held-out accuracy" in done.stdout
+
+
+def test_train_default_out_is_named_as_a_sweep_names_its_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for tau in ("0.1", "0.01"):  # a second tau is another run, not a clash
+        assert main(["train", *TINY, "--model", "act", "--tau", tau, "--steps", "10"]) == 0
+    assert main(["train", *TINY, "--model", "repeat", "--rho", "3", "--steps", "10"]) == 0
+    runs = tmp_path / "runs"
+    for name in ("parity-act-tau0.1-seed0", "parity-act-tau0.01-seed0", "parity-repeat-rho3-seed0"):
+        assert (runs / name / rundir.SUMMARY).exists(), name
+    assert "-> runs/parity-repeat-rho3-seed0" in capsys.readouterr().out
+
+
+def _help(capsys, *argv) -> str:
+    assert main([*argv, "--help"]) == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+
+
+def test_help_texts(capsys):
+    top = _help(capsys)
+    assert "``" not in top and "Adaptive Computation Time and Repeat-RNN experiments" in top
+    train_help = _help(capsys, "train")
+    assert "held-out accuracy has reached the threshold" in train_help  # --stop-when-solved
+    assert "runs/parity-act-tau0.01-seed0" in train_help  # --out's default
+    reproduce_help = _help(capsys, "reproduce")
+    assert "about 4 minutes on 2 CPU cores" in reproduce_help and "10 min" not in reproduce_help
+    assert "OUT/parity and OUT/addition" in reproduce_help
+    assert "Write report.md" in _help(capsys, "report")
+    for command in ("sweep", "reproduce"):
+        assert "--no-cuda-graphs" in _help(capsys, command)
+
+
+BAD_EXECUTOR_FLAGS = [
+    ("--jobs", "0", "argument --jobs: must be >= 1, got 0"),
+    ("--batch", "0", "argument --batch: must be >= 1, got 0"),
+    ("--batch", "-1", "argument --batch: must be >= 1, got -1"),
+    ("--seeds", "0", "argument --seeds: must be >= 1, got 0"),
+    ("--budget", "0", "argument --budget: must be >= 1, got 0"),
+    ("--retries", "-2", "argument --retries: must be >= -1, got -2"),
+    ("--cpus-per-job", "0", "argument --cpus-per-job: must be > 0, got 0"),
+    ("--gpus-per-job", "-1", "argument --gpus-per-job: must be >= 0, got -1"),
+    ("--gpus-per-job", "inf", "argument --gpus-per-job: must be >= 0, got inf"),
+    ("--jobs", "two", "argument --jobs: invalid int value: 'two'"),
+]
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+@pytest.mark.parametrize("flag, value, match", BAD_EXECUTOR_FLAGS)
+def test_bad_executor_flags_are_one_line(
+    capsys, tmp_path, monkeypatch, tiny_grid, command, flag, value, match
+):
+    from ponder import reproduce, sweep
+
+    if command == "reproduce" and flag == "--budget":
+        pytest.skip("reproduce has no --budget")
+    grid_file = tmp_path / "tiny.yaml"
+    grid_file.write_text(tiny_grid)
+    tiny = sweep.load_grid(grid_file, seeds=1, budget=10, progress=False)
+    # were a bad flag let through, it would train this tiny stand-in, not the paper's grid
+    monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None: tiny)
+    monkeypatch.setattr(reproduce, "estimate_hours", lambda grid, jobs: 0.0)
+    out = tmp_path / "out"
+    target = [str(grid_file)] if command == "sweep" else ["parity"]
+    code = main([command, *target, "--out", str(out), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"ponder: error: {match}\n", err
+    assert not out.exists()

@@ -67,14 +67,72 @@ def test_members_equal_single_runs(tiny, tmp_path):
 
 def test_k1_equals_single_run_and_checkpoints_interchange(tiny, tmp_path):
     c = tiny(model="repeat", rho=2, steps=40)
-    train.run_group([c], [tmp_path / "e"])
+    train.run_group([c], [tmp_path / "e"], stacked=True)
     train.run(c, tmp_path / "s")
     _close(tmp_path / "e", tmp_path / "s")
+    assert [r["engine"] for r in rundir.read_engine(tmp_path / "e")] == ["stacked"]
     # an ensemble checkpoint resumes in the single-run engine, and the result matches
     half = dataclasses.replace(c, steps=20)
-    train.run_group([half], [tmp_path / "mix"])
+    train.run_group([half], [tmp_path / "mix"], stacked=True)
     train.run(c, tmp_path / "mix")
     _close(tmp_path / "mix", tmp_path / "s")
+    engines = [(r["from_step"], r["engine"]) for r in rundir.read_engine(tmp_path / "mix")]
+    assert engines == [(0, "stacked"), (20, "single")]
+
+
+def _interrupt_at_call(monkeypatch, n):
+    """Make the n-th loss computation raise KeyboardInterrupt (a kill between checkpoints)."""
+    real, calls = engine.objective, {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "objective", dies)
+    return lambda: monkeypatch.setattr(engine, "objective", real)
+
+
+def _exact_rows(d):
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rundir.read_metrics(d)]
+
+
+def test_a_killed_group_resumes_exactly(tiny, tmp_path, monkeypatch):
+    configs = [tiny(seed=s, tau=t, steps=40) for s, t in [(0, 0.01), (1, 0.001), (2, 0.1)]]
+    full = [tmp_path / f"full{k}" for k in range(3)]
+    cut = [tmp_path / f"cut{k}" for k in range(3)]
+    train.run_group(configs, full)
+    restore = _interrupt_at_call(monkeypatch, 35)
+    with pytest.raises(KeyboardInterrupt):
+        train.run_group(configs, cut)
+    restore()
+    for d in cut:
+        assert [r["step"] for r in rundir.read_metrics(d)] == [10, 20, 30]
+        assert rundir.load_checkpoint(d)["step"] == 20 and rundir.read_summary(d) is None
+    train.run_group(configs, cut)
+    for a, b in zip(cut, full, strict=True):
+        assert _exact_rows(a) == _exact_rows(b)
+        assert rundir.read_summary(a)["step"] == 40
+        records = rundir.read_engine(a)
+        assert [(r["from_step"], r["engine"]) for r in records] == [(0, "stacked"), (20, "stacked")]
+        assert records[-1]["members"] == [d.name for d in cut]
+
+
+def test_a_budget_lowered_below_the_resume_point_still_finishes(tiny, tmp_path, monkeypatch):
+    configs = [tiny(seed=s, steps=60) for s in range(3)]
+    dirs = [tmp_path / f"r{k}" for k in range(3)]
+    restore = _interrupt_at_call(monkeypatch, 45)
+    with pytest.raises(KeyboardInterrupt):
+        train.run_group(configs, dirs)
+    restore()
+    assert all(rundir.load_checkpoint(d)["step"] == 40 for d in dirs)
+    # Two members' budgets drop below their checkpoint (40), one keeps training to 60.
+    lowered = [dataclasses.replace(c, steps=s) for c, s in zip(configs, [20, 30, 60], strict=True)]
+    summaries = train.run_group(lowered, dirs)
+    assert [s["step"] for s in summaries] == [40, 40, 60]
+    assert [rundir.status(d, c) for d, c in zip(dirs, lowered, strict=True)] == ["done"] * 3
+    assert rundir.read_engine(dirs[2])[-1]["engine"] == "single"  # trained on alone
 
 
 def test_diverged_member_is_frozen_others_go_on(tiny, tmp_path, monkeypatch):

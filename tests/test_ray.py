@@ -173,3 +173,42 @@ def test_without_ray_the_message_is_one_clear_line(monkeypatch):
     with pytest.raises(ConfigError) as e:
         RayExecutor(address="auto")
     assert str(e.value) == "the Ray executor needs Ray: pip install 'ponder[ray]'"
+
+
+class _Planned(RayExecutor):
+    """A RayExecutor that records the jobs the sweep plans for it and trains nothing."""
+
+    def run(self, jobs, sweep_dir):
+        self.planned = jobs
+
+
+def test_planning_asks_the_executor_not_the_drivers_cuda(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a head node without a GPU
+    assert RayExecutor(gpus_per_job=0.25).on_gpu("auto")
+    assert RayExecutor(gpus_per_job=0.25).on_gpu("cuda") and RayExecutor().on_gpu("cuda")
+    assert not RayExecutor().on_gpu("auto") and not RayExecutor(gpus_per_job=1).on_gpu("cpu")
+    addition = sweep.load_grid(sweep.builtin_grid("addition-table"), seeds=2, device="cuda")
+    gpu = _Planned(gpus_per_job=0.5)
+    sweep.sweep(addition, tmp_path / "cuda", gpu, progress=False)  # no "no CUDA GPU" here
+    # on a GPU every shape batches: rnn, repeat's 4 rhos (2 seeds each), act's 4 taus x 2 seeds
+    assert sorted(len(j) for j in gpu.planned) == [2, 2, 2, 2, 2, 8]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the driver's GPU is no sign
+    cpu = _Planned(gpus_per_job=0)
+    sweep.sweep(sweep.load_grid(sweep.builtin_grid("addition-table"), seeds=2), tmp_path / "a", cpu,
+                progress=False)  # fmt: skip
+    assert all(len(j) == 1 for j in cpu.planned)  # an LSTM of 512 cells alone, as on a CPU
+    parity = sweep.load_grid(sweep.builtin_grid("parity-table"), seeds=2)
+    sweep.sweep(parity, tmp_path / "p", cpu, progress=False)
+    assert sorted(len(j) for j in cpu.planned) == [2, 2, 2, 2, 2, 8]  # small nets batch
+
+
+def test_a_relative_out_reaches_the_workers_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = sweep.Grid("one", [sweep.Run("run", _long(steps=20))])
+    executor = _Planned()
+    sweep.sweep(grid, "rel", executor, progress=False)
+    ((_, run_dir),) = executor.planned[0]
+    assert run_dir == tmp_path / "rel" / "run"

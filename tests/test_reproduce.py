@@ -1,6 +1,10 @@
 """`ponder reproduce`: the grids it runs, and the command end to end on a tiny stand-in."""
 
-from ponder import reproduce, sweep
+import dataclasses
+
+import pytest
+
+from ponder import reproduce, rundir, sweep
 from ponder.cli import main
 
 
@@ -44,3 +48,72 @@ def test_reproduce_runs_the_sweep_and_writes_the_report(tmp_path, monkeypatch, t
     report = (out / "report.md").read_text()
     assert "A tiny stand-in" in report and (out / "report.csv").exists()
     assert len(list(out.glob("*/summary.json"))) == 5
+
+
+TINY_ADDITION = """
+name: tiny-addition
+base:
+  task: addition
+  task_options: {numbers: 2, digits: 1}
+  hidden: 8
+  batch_size: 16
+  log_every: 10
+  eval_size: 32
+  device: cpu
+seeds: 1
+budget: 20
+stop_when_solved: false
+axes:
+  - {model: repeat, rho: [2]}
+"""
+
+
+@pytest.fixture
+def tiny_full(tmp_path, monkeypatch, tiny_grid):
+    """``full_grid`` gives a tiny stand-in per task; no throughput is measured; runs train in
+    this process (the sweep's local executor is covered in test_sweep)."""
+    (tmp_path / "parity.yaml").write_text(tiny_grid.replace("rho: [2, 3]", "rho: [2]"))
+    (tmp_path / "addition.yaml").write_text(TINY_ADDITION)
+    grids = {
+        "parity": sweep.load_grid(tmp_path / "parity.yaml", seeds=1, budget=20, progress=False),
+        "addition": sweep.load_grid(tmp_path / "addition.yaml", progress=False),
+    }
+    asked = []
+    monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None: grids[task])
+    monkeypatch.setattr(
+        reproduce, "estimate_hours", lambda grid, jobs: asked.append(grid.name) or 0.5
+    )
+    monkeypatch.setattr(sweep, "LocalExecutor", lambda jobs=1: sweep.InlineExecutor())
+    return grids, asked
+
+
+def test_reproduce_all_sweeps_each_task_into_its_own_directory(tmp_path, tiny_full, capsys):
+    grids, asked = tiny_full
+    out = tmp_path / "out"
+    assert main(["reproduce", "all", "--out", str(out), "--no-cuda-graphs"]) == 0
+    for task, grid in grids.items():
+        for r in grid.runs:
+            config = rundir.read_config(out / task / r.name)
+            assert config.task == task and config.cuda_graphs is False, r.name
+            assert sweep.run_status(out / task / r.name, r.config) == "done", r.name
+        assert (out / task / "report.md").exists() and (out / task / "report.csv").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["addition", "parity"]  # nothing at the top
+    assert asked == ["tiny", "tiny-addition"]
+    stdout = capsys.readouterr().out
+    assert f"report: {out / 'parity' / 'report.md'}" in stdout
+    assert f"report: {out / 'addition' / 'report.md'}" in stdout
+    # the estimates come before any training
+    assert stdout.index("ponder reproduce addition") < stdout.index("sweep tiny:")
+
+
+def test_reproduce_all_refuses_a_clash_before_anything_trains(tmp_path, tiny_full, capsys):
+    grids, asked = tiny_full
+    out = tmp_path / "out"
+    clash = grids["addition"].runs[0]
+    other = dataclasses.replace(clash.config, hidden=4)  # another run under the same name
+    rundir.prepare(other, out / "addition" / clash.name)
+    assert main(["reproduce", "all", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ponder: error:") and err.count("\n") == 1 and "different config" in err
+    assert not list(out.rglob(rundir.METRICS))  # parity did not train first
+    assert asked == []  # nor was throughput measured

@@ -1,12 +1,15 @@
 """Grids, run naming, skipping and resuming, failures, and the `ponder sweep` command."""
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from ponder import rundir, sweep, train
 from ponder.cli import main
@@ -162,3 +165,136 @@ def test_plan_batches_runs_of_one_shape(grid_file, tmp_path):
     # an LSTM of 512 cells trains alone on a CPU, where batching it is slower
     big = sweep.load_grid(sweep.builtin_grid("addition-table"), seeds=2, device="cpu")
     assert all(len(j) == 1 for j in sweep.plan_jobs(big.runs, tmp_path, batch=16))
+
+
+def _live_processes(marker: str) -> list[int]:
+    """PIDs of live (not zombie) processes whose command line contains ``marker``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if marker in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
+INTERRUPTED = "ponder: interrupted; run the same command again to resume"
+
+
+def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(tmp_path, tiny_grid):
+    small = tmp_path / "small.yaml"
+    small.write_text(  # three RNN runs of a few seconds each, trained one after another
+        tiny_grid.replace("seeds: 2", "seeds: 3").replace("budget: 40", "budget: 300")
+        .replace("  - {model: act, tau: [0.1, 0.01]}\n", "")
+        .replace("  - {model: repeat, rho: [2, 3]}\n", "")
+    )  # fmt: skip
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "ponder.cli", "sweep", str(small), "--out", str(out),
+           "--jobs", "1", "--batch", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first, queued = out / "rnn-seed0", [out / "rnn-seed1", out / "rnn-seed2"]
+    deadline = time.time() + 120
+    while not rundir.read_metrics(first):
+        assert proc.poll() is None and time.time() < deadline, "the first run never logged"
+        time.sleep(0.05)
+    workers = _live_processes(f"{out}{os.sep}.jobs")  # `python -m ponder.sweep S/.jobs/job0.json`
+    assert len(workers) == 1, workers
+    proc.send_signal(signal.SIGINT)  # the sweep only, as `kill -INT`; not its workers
+    try:
+        _, err = proc.communicate(timeout=30)  # a liveness bound, not a timing
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("the sweep did not stop within 30 s of Ctrl-C")
+    assert proc.returncode == 130, err[-2000:]
+    assert err.splitlines().count(INTERRUPTED) == 1 and "Traceback" not in err, err[-2000:]
+    assert err.rstrip("\n").endswith(INTERRUPTED)
+    assert _live_processes(f"{out}{os.sep}.jobs") == []  # the worker was ended, not orphaned
+    assert not (first / rundir.SUMMARY).exists()  # stopped mid-run...
+    assert not (first / rundir.ERROR).exists()  # ...and not recorded as failed
+    assert not list(out.glob(f"*/{rundir.RUNNING}"))
+    for run_dir in queued:  # no queued job started
+        assert not (run_dir / rundir.METRICS).exists(), run_dir.name
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "3 done" in again.stdout
+    for run_dir in [first, *queued]:  # the first resumed from its checkpoint, without gaps
+        assert [r["step"] for r in rundir.read_metrics(run_dir)] == list(range(10, 310, 10))
+
+
+def test_bad_jobs_and_batch_are_config_errors(grid_file, tmp_path):
+    grid = sweep.load_grid(grid_file, seeds=1)
+    for jobs in (0, -1):
+        with pytest.raises(ConfigError, match="--jobs must be >= 1"):
+            sweep.LocalExecutor(jobs=jobs)
+    for batch in (0, -1):
+        with pytest.raises(ConfigError, match="--batch must be >= 1"):
+            sweep.plan_jobs(grid.runs, tmp_path, batch=batch)
+        with pytest.raises(ConfigError, match="--batch must be >= 1"):
+            sweep.sweep(grid, tmp_path / "s", sweep.InlineExecutor(), progress=False, batch=batch)
+    assert not (tmp_path / "s").exists()
+
+
+class _Planned:
+    """An executor that records the jobs it is given and trains nothing."""
+
+    def __init__(self, gpu: bool = False) -> None:
+        self.gpu, self.jobs, self.dir = gpu, None, None
+
+    def on_gpu(self, device: str) -> bool:
+        return device == "cuda" or (device == "auto" and self.gpu)
+
+    def run(self, jobs, sweep_dir):
+        self.jobs, self.dir = jobs, sweep_dir
+
+
+def test_a_relative_out_reaches_the_executor_as_an_absolute_path(grid_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    executor = _Planned()
+    sweep.sweep(sweep.load_grid(grid_file, seeds=1), "rel/s", executor, progress=False)
+    assert executor.dir == tmp_path / "rel" / "s"
+    assert executor.jobs and all(d.is_absolute() for job in executor.jobs for _, d in job)
+
+
+def test_planning_asks_the_executor_not_this_machines_cuda(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a head node without a GPU
+    addition = sweep.load_grid(sweep.builtin_grid("addition-table"), seeds=2, device="cuda")
+    executor = _Planned(gpu=True)
+    sweep.sweep(addition, tmp_path / "s", executor, progress=False)  # must not ask CUDA here
+    # on a GPU every shape batches: rnn, repeat's 4 rhos (2 seeds each), act's 4 taus x 2 seeds
+    assert sorted(len(j) for j in executor.jobs) == [2, 2, 2, 2, 2, 8]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # and the reverse
+    auto = sweep.load_grid(sweep.builtin_grid("addition-table"), seeds=2)
+    cpu_jobs = _Planned(gpu=False)
+    sweep.sweep(auto, tmp_path / "t", cpu_jobs, progress=False)
+    assert all(len(j) == 1 for j in cpu_jobs.jobs)  # an LSTM of 512 alone, as on a CPU
+
+
+def test_no_cuda_graphs_sets_every_run_and_keeps_their_directories(
+    grid_file, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(sweep, "LocalExecutor", lambda jobs=1: sweep.InlineExecutor())
+    out = tmp_path / "s"
+    argv = ["sweep", str(grid_file), "--seeds", "1", "--budget", "10", "--out", str(out)]
+    assert main([*argv, "--no-cuda-graphs"]) == 0
+    for r in sweep.load_grid(grid_file, seeds=1).runs:
+        assert rundir.read_config(out / r.name).cuda_graphs is False, r.name
+    assert main([*argv, "--budget", "20"]) == 0  # without the flag, the same runs resume
+    assert all(rundir.read_config(d).cuda_graphs for d in out.glob("*-seed0"))
+
+
+def test_override_refuses_fields_that_change_the_runs(grid_file):
+    grid = sweep.load_grid(grid_file, seeds=1)
+    eager = sweep.override(grid, cuda_graphs=False)
+    assert [r.name for r in eager.runs] == [r.name for r in grid.runs]
+    assert all(not r.config.cuda_graphs for r in eager.runs)
+    assert all(r.config == dataclasses.replace(e.config, cuda_graphs=True)
+               for r, e in zip(grid.runs, eager.runs, strict=True))  # fmt: skip
+    with pytest.raises(ValueError, match="tau"):
+        sweep.override(grid, tau=0.5)

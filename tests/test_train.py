@@ -1,7 +1,9 @@
 """One run: files written, determinism, exact resume, divergence, initialisation."""
 
+import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -64,6 +66,29 @@ def test_resume_after_interruption_equals_uninterrupted(tiny, tmp_path, monkeypa
     assert not (tmp_path / "cut" / "summary.json").exists()
     train.run(config, tmp_path / "cut")
     assert _rows(tmp_path / "cut") == _rows(tmp_path / "full")
+
+
+def test_a_checkpoint_from_another_device_kind_resumes_reseeded(tiny, tmp_path):
+    """A CUDA generator's state (16 bytes of Philox seed and offset) cannot become a CPU one's:
+    resuming on the CPU draws from a fresh stream seeded by (seed, device, step), recorded in
+    engine.json, and the same resume gives the same run."""
+    config = tiny(steps=40)
+    train.run(dataclasses.replace(config, steps=20), tmp_path / "a")
+    ckpt = rundir.load_checkpoint(tmp_path / "a")
+    assert ckpt["data_device"] == "cpu"
+    ckpt["data_rng"], ckpt["data_device"] = torch.zeros(16, dtype=torch.uint8), "cuda"
+    rundir.save_checkpoint(tmp_path / "a", ckpt)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    del ckpt["data_device"]  # an older checkpoint: told by the state's size
+    rundir.save_checkpoint(tmp_path / "b", ckpt)
+    for d in ("a", "b"):
+        assert train.run(config, tmp_path / d)["step"] == 40
+        records = rundir.read_engine(tmp_path / d)
+        assert [(r["from_step"], r["data_reseeded"]) for r in records] == [(0, False), (20, True)]
+    assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
+    train.run(config, tmp_path / "straight")
+    assert _rows(tmp_path / "a")[:2] == _rows(tmp_path / "straight")[:2]
+    assert _rows(tmp_path / "a")[2:] != _rows(tmp_path / "straight")[2:]  # other batches
 
 
 def test_longer_budget_continues_a_finished_run(tiny, tmp_path):

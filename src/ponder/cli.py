@@ -8,13 +8,18 @@ Bad input ends with one line on stderr and a non-zero exit status, never a trace
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve
+from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve, run_name
 
+DESCRIPTION = (
+    "Adaptive Computation Time and Repeat-RNN experiments: train one run, sweep a grid of runs, "
+    "report a sweep, reproduce the paper's tables and figures, benchmark training speed."
+)
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
@@ -75,7 +80,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="on a CUDA GPU, run every step eagerly instead of replaying CUDA graphs",
     )
-    a("--stop-when-solved", action="store_const", const=True, default=None)
+    a(
+        "--stop-when-solved",
+        action="store_const",
+        const=True,
+        default=None,
+        help="stop once the paper's criterion is met and can no longer move AND the held-out "
+        "accuracy has reached the threshold (98%%)",
+    )
     a("--no-progress", dest="progress", action="store_const", const=False, default=None)
     for name, doc in TASK_FLAGS.items():
         a(f"--{name.replace('_', '-')}", type=int, help=doc)
@@ -101,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from . import train
 
     config = config_from_args(args)
-    out = args.out or Path("runs") / f"{config.task}-{config.model}-seed{config.seed}"
+    out = args.out or Path("runs") / f"{config.task}-{run_name(config)}"
     print(f"ponder train: {config.task}, {config.model} ({config.cell}), -> {out}", flush=True)
     summary = train.run(config, out)
     _print_summary(summary, out)
@@ -133,21 +145,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     path = args.grid
     if not path.exists() and path.suffix == "" and path.name in sweep.builtin_grids():
         path = sweep.builtin_grid(path.name)
-    overrides = {"device": args.device} if args.device else {}
+    overrides: dict[str, Any] = {"device": args.device} if args.device else {}
+    if args.cuda_graphs is not None:
+        overrides["cuda_graphs"] = args.cuda_graphs
     grid = sweep.load_grid(path, seeds=args.seeds, budget=args.budget, progress=False, **overrides)
-    return _run_sweep(grid, args)
-
-
-def _run_sweep(grid: Any, args: argparse.Namespace) -> int:
-    from . import sweep
-
-    result = sweep.sweep(grid, args.out, _executor(args), batch=args.batch)
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items()))
-    print(f"sweep {grid.name}: {counts} -> {args.out}")
-    if not result.all_finished:
-        failed = [n for n, s in result.statuses.items() if s not in ("done", "diverged")]
-        print(f"not finished: {', '.join(failed)} (see error.txt in their directories)")
-    return 0 if result.all_finished else 1
+    return sweep.run_sweep(grid, args.out, _executor(args), batch=args.batch)
 
 
 def _executor(args: argparse.Namespace) -> Any:
@@ -174,90 +176,131 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from . import reproduce
-    from .report import build_report
+    from .reproduce import reproduce
 
-    tasks_ = ["parity", "addition"] if args.what == "all" else [args.what]
-    if args.quick and tasks_ != ["parity"]:
-        raise ConfigError("--quick reproduces parity only: use `ponder reproduce parity --quick`")
-    code = 0
-    for task in tasks_:
-        out = args.out / task if len(tasks_) > 1 else args.out
-        if args.quick:
-            grid = reproduce.quick_grid()
-            print(f"ponder reproduce {task} --quick: a reduced experiment, "
-                  f"{len(grid.runs)} runs, about 4 minutes on 2 CPU cores")  # fmt: skip
-        else:
-            grid = reproduce.full_grid(task, seeds=args.seeds)
-            print(f"ponder reproduce {task}: the paper's protocol at full scale, "
-                  f"{len(grid.runs)} runs of up to 2,000,000 steps; a GPU is recommended. "
-                  "Measuring throughput...", flush=True)  # fmt: skip
-            hours = reproduce.estimate_hours(grid, args.jobs)
-            print(f"expect up to {hours:,.1f} hours here with --jobs {args.jobs} (less: runs "
-                  "stop once solved); Ctrl-C and the same command resumes", flush=True)  # fmt: skip
-        code = max(code, _run_sweep(grid, args))
-        path = build_report(out, note=grid.note or None)
-        print(f"report: {path}")
-    return code
+    return reproduce(
+        args.what,
+        args.out,
+        quick=args.quick,
+        seeds=args.seeds,
+        executor=_executor(args),
+        jobs=args.jobs,
+        batch=args.batch,
+        cuda_graphs=args.cuda_graphs,
+    )
+
+
+def _number(kind: type, lowest: float, above: bool = False) -> Any:
+    """An argparse type: a finite ``kind`` >= ``lowest`` (> with ``above``); anything else is
+    argparse's one-line error."""
+    sign = ">" if above else ">="
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if not math.isfinite(value) or value < lowest or (above and value == lowest):
+            raise argparse.ArgumentTypeError(f"must be {sign} {lowest:g}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ponder", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ponder", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train one run", description="Train one run.")
     _add_train_flags(p)
-    p.add_argument("--out", type=Path, help="run directory (default runs/TASK-MODEL-seedN)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run directory (default runs/TASK-NAME, NAME as a sweep names its runs: "
+        "runs/parity-act-tau0.01-seed0)",
+    )
     p.set_defaults(func=_cmd_train)
 
     def executor_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--jobs",
-            type=int,
+            type=_number(int, 1),
             default=os.cpu_count() or 1,
             help="jobs trained at once (default: one per CPU core)",
         )
         p.add_argument(
             "--batch",
-            type=int,
+            type=_number(int, 1),
             default=16,
             help="most runs of one shape trained as one batched ensemble (default 16; "
             "1 trains every run on its own)",
         )
         p.add_argument("--executor", choices=["local", "ray"], default="local")
         p.add_argument("--address", help="Ray cluster to join: auto, HOST:PORT or ray://...")
-        p.add_argument("--cpus-per-job", type=float, default=1.0, help="Ray: CPUs per job")
+        p.add_argument(
+            "--cpus-per-job",
+            type=_number(float, 0, above=True),
+            default=1.0,
+            help="Ray: CPUs per job",
+        )
         p.add_argument(
             "--gpus-per-job",
-            type=float,
+            type=_number(float, 0),
             default=0.0,
             help="Ray: GPUs per job, fractions share a GPU (e.g. 0.25)",
         )
         p.add_argument(
             "--retries",
-            type=int,
+            type=_number(int, -1),
             default=2,
-            help="Ray: retries of a job whose worker died (default 2)",
+            help="Ray: retries of a job whose worker died (default 2; -1: no limit)",
+        )
+        p.add_argument(
+            "--no-cuda-graphs",
+            dest="cuda_graphs",
+            action="store_const",
+            const=False,
+            default=None,
+            help="on a CUDA GPU, run every step eagerly instead of replaying CUDA graphs "
+            "(every run; they resume as they are)",
         )
 
     p = sub.add_parser("sweep", help="run an experiment grid", description="Run a grid of runs.")
     p.add_argument("grid", type=Path, help="grid YAML file, or a built-in grid's name")
     p.add_argument("--out", type=Path, required=True, help="sweep directory")
-    p.add_argument("--seeds", type=int, help="seeds per configuration (grid's, or 5)")
-    p.add_argument("--budget", type=int, help="training steps per run (grid's, or 2,000,000)")
+    p.add_argument("--seeds", type=_number(int, 1), help="seeds per configuration (grid's, or 5)")
+    p.add_argument(
+        "--budget", type=_number(int, 1), help="training steps per run (grid's, or 2,000,000)"
+    )
     p.add_argument("--device", help="auto | cpu | cuda for every run")
     executor_flags(p)
     p.set_defaults(func=_cmd_sweep)
 
-    p = sub.add_parser("report", help="tables and figures of a sweep directory")
-    p.add_argument("dir", type=Path)
+    p = sub.add_parser(
+        "report",
+        help="tables and figures of a sweep directory",
+        description="Write report.md (the paper's tables beside ours), report.csv and figures/ "
+        "in a sweep directory, from the runs there, finished or not.",
+    )
+    p.add_argument("dir", type=Path, help="sweep directory (ponder sweep's or reproduce's --out)")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("reproduce", help="the paper's tables and figures in one command")
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's tables and figures in one command",
+        description="Sweep the paper's experiments and write their report. With `all`, each "
+        "task goes to its own directory, OUT/parity and OUT/addition.",
+    )
     p.add_argument("what", choices=["parity", "addition", "all"])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--quick", action="store_true", help="reduced parity run, ~10 min on a CPU")
-    p.add_argument("--seeds", type=int, help="seeds per configuration (default 5)")
+    p.add_argument("--out", type=Path, required=True, help="sweep directory")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a reduced parity experiment, about 4 minutes on 2 CPU cores",
+    )
+    p.add_argument(
+        "--seeds", type=_number(int, 1), help="seeds per configuration (default 5; not --quick)"
+    )
     executor_flags(p)
     p.set_defaults(func=_cmd_reproduce)
 

@@ -94,6 +94,14 @@ class RayExecutor:
         if self.max_retries < -1:
             raise ConfigError(f"--retries must be >= 0 (or -1: no limit), got {self.max_retries}")
 
+    def on_gpu(self, device: str) -> bool:
+        """Whether a job whose runs ask for ``device`` trains on a GPU: its runs see a GPU
+        exactly when the job asked Ray for one (``gpus_per_job`` > 0). Nothing here asks
+        this process's CUDA: the driver (a head node) may have no GPU."""
+        if device != "auto":
+            return device == "cuda"
+        return self.gpus_per_job > 0
+
     @property
     def threads(self) -> int:
         """PyTorch threads of one job: the whole CPUs it asked for, at least one."""
@@ -141,9 +149,12 @@ class RayExecutor:
                         except ray.exceptions.RayError as e:
                             _record_failure(job, self._reason(ray, e))
             except BaseException:  # Ctrl-C: stop the workers too, then let it through
-                for ref in pending:
+                for ref, job in pending.items():
                     with contextlib.suppress(Exception):
                         ray.cancel(ref, force=True)
+                    for _, run_dir in job:  # a killed worker leaves them; the run resumes
+                        rundir.mark_running(run_dir, False)
+                        (run_dir / PID_FILE).unlink(missing_ok=True)
                 raise
         finally:
             if connected_here:

@@ -1,18 +1,20 @@
-"""``ponder reproduce``: the paper's sweeps and report in one call.
+"""``ponder reproduce``: the paper's sweeps and report in one call (``reproduce``).
 
 The full protocol merges, per task, the table grid and the two figure grids (tau and rho) into
 one sweep, so a configuration they share (ACT tau = 0.01, Repeat rho = 2, ...) trains once, and
 then writes the report. ``quick`` is a reduced parity experiment sized for a laptop CPU: fewer
 input bits, fewer steps and a shorter smoothing window, with enough seeds to show the spread.
+``all`` sweeps each task into its own directory, ``OUT/parity`` and ``OUT/addition``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import bench
 from . import sweep as sweeps
-from .config import RunConfig, from_dict, resolve, run_name
+from .config import ConfigError, RunConfig, from_dict, resolve, run_name
 from .engine import resolve_device
 
 FULL_GRIDS = {
@@ -100,3 +102,63 @@ def estimate_hours(grid: sweeps.Grid, jobs: int) -> float:
             seen[key] = measure_steps_per_second(r.config)
         total += r.config.steps / seen[key]
     return total / 3600 / max(1, jobs)
+
+
+def reproduce(
+    what: str,
+    out: str | Path,
+    *,
+    quick: bool = False,
+    seeds: int | None = None,
+    executor: sweeps.Executor | None = None,
+    jobs: int = 1,
+    batch: int = 16,
+    cuda_graphs: bool | None = None,
+) -> int:
+    """Sweep ``what`` (parity, addition or all) and write its report; returns the exit status
+    (0 when every run finished, 1 when some did not).
+
+    One task sweeps into ``out``; ``all`` sweeps each task into ``out/TASK`` and writes each
+    report there. Every task's directory is checked before anything trains, so a clash with
+    runs already there is a ``RunError`` at once. ``jobs``: the runs trained at once, for the
+    time estimate of the full protocol. ``cuda_graphs=False`` trains every step eagerly (a
+    resumable setting: the runs keep their directories).
+    """
+    from .report import build_report
+
+    if what not in (*FULL_GRIDS, "all"):
+        raise ConfigError(f"unknown experiment {what!r} (known: {', '.join(FULL_GRIDS)}, all)")
+    names = list(FULL_GRIDS) if what == "all" else [what]
+    if quick and names != ["parity"]:
+        raise ConfigError("--quick reproduces parity only: use `ponder reproduce parity --quick`")
+    out = Path(out)
+    plans = []
+    for task in names:
+        grid = quick_grid() if quick else full_grid(task, seeds=seeds)
+        if cuda_graphs is not None:
+            grid = sweeps.override(grid, cuda_graphs=cuda_graphs)
+        plans.append((task, grid, out / task if what == "all" else out))
+    for _, grid, sweep_dir in plans:  # refuse a clash before any training
+        sweeps.check_grid(grid, sweep_dir)
+    for task, grid, _ in plans:
+        _announce(task, grid, quick, jobs)
+    code = 0
+    for _, grid, sweep_dir in plans:
+        code = max(code, sweeps.run_sweep(grid, sweep_dir, executor, batch=batch))
+        path = build_report(sweep_dir, note=grid.note or None)
+        print(f"report: {path}", flush=True)
+    return code
+
+
+def _announce(task: str, grid: sweeps.Grid, quick: bool, jobs: int) -> None:
+    """What is about to run, and for the full protocol how long it may take here."""
+    if quick:
+        print(f"ponder reproduce {task} --quick: a reduced experiment, "
+              f"{len(grid.runs)} runs, about 4 minutes on 2 CPU cores", flush=True)  # fmt: skip
+        return
+    print(f"ponder reproduce {task}: the paper's protocol at full scale, "
+          f"{len(grid.runs)} runs of up to 2,000,000 steps; a GPU is recommended. "
+          "Measuring throughput...", flush=True)  # fmt: skip
+    hours = estimate_hours(grid, jobs)
+    print(f"expect up to {hours:,.1f} hours here with --jobs {jobs} (less: runs stop once "
+          "solved); Ctrl-C and the same command resumes", flush=True)  # fmt: skip

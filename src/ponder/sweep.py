@@ -20,27 +20,39 @@ skips finished runs and resumes interrupted ones from their checkpoints.
 Execution is a plain function of (config, run directory): ``execute_job`` trains the runs of one
 job in the calling process, and an executor decides where jobs run. ``LocalExecutor`` starts one
 ``python -m ponder.sweep`` process per job, ``--jobs`` at a time, so a crashed run cannot take
-the sweep down with it.
+the sweep down with it. Interrupted (Ctrl-C), it starts no further job and ends the workers it
+started (SIGTERM, then SIGKILL after ``STOP_GRACE_S``); every run resumes from its checkpoint
+when the same sweep runs again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
 from . import rundir
-from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve, run_name
+from .config import (
+    RESUMABLE_FIELDS,
+    ConfigError,
+    RunConfig,
+    from_dict,
+    load_yaml,
+    resolve,
+    run_name,
+)
 from .rundir import RunError, atomic_write
 
 GRID_KEYS = {"name", "description", "base", "seeds", "budget", "stop_when_solved", "axes", "note"}
@@ -139,6 +151,24 @@ def merge_grids(grids: Iterable[Grid], name: str) -> Grid:
     return Grid(name=name, runs=list(runs.values()))
 
 
+def override(grid: Grid, **fields: Any) -> Grid:
+    """``grid`` with ``fields`` set in every run's config. Only fields that do not change what a
+    run computes (``RESUMABLE_FIELDS``: device, cuda_graphs, ...) may be set, so the runs keep
+    their names and resume in the directories they had."""
+    wrong = sorted(set(fields) - set(RESUMABLE_FIELDS))
+    if wrong:
+        raise ValueError(f"override: {', '.join(wrong)} would change what the runs compute")
+    runs = [Run(r.name, resolve(dataclasses.replace(r.config, **fields))) for r in grid.runs]
+    return dataclasses.replace(grid, runs=runs)
+
+
+def check_grid(grid: Grid, sweep_dir: str | Path) -> None:
+    """Raise ``RunError`` if a run directory under ``sweep_dir`` holds another run than the
+    grid's run of that name (a changed grid must not mix with the runs already there)."""
+    for r in grid.runs:
+        rundir.check_same_run(r.config, Path(sweep_dir) / r.name)
+
+
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in mapping.items():
@@ -224,9 +254,25 @@ def read_job(path: Path) -> list[tuple[RunConfig, Path]]:
 
 
 class Executor(Protocol):
-    """Runs jobs (lists of (config, run directory)); ``run`` returns when all have ended."""
+    """Runs jobs (lists of (config, run directory)); ``run`` returns when all have ended.
+
+    ``on_gpu(device)``: whether a job whose runs ask for ``device`` (auto, cpu, cuda) trains on a
+    GPU where this executor runs it. Planning asks the executor, never this process's CUDA: a
+    Ray head node may have no GPU while its workers do.
+    """
 
     def run(self, jobs: list[list[tuple[RunConfig, Path]]], sweep_dir: Path) -> None: ...
+
+    def on_gpu(self, device: str) -> bool: ...
+
+
+def on_gpu_here(device: str) -> bool:
+    """Whether runs asking for ``device`` train on a GPU when trained on this machine."""
+    if device != "auto":
+        return device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @dataclass
@@ -237,38 +283,109 @@ class InlineExecutor:
         for job in jobs:
             execute_job(job)
 
+    def on_gpu(self, device: str) -> bool:
+        return on_gpu_here(device)
+
+
+STOP_GRACE_S = 5.0  # seconds a worker has to end after SIGTERM before it is killed
+POLL_S = 0.1
+
 
 @dataclass
 class LocalExecutor:
-    """``jobs`` worker processes on this machine, threads split evenly between them."""
+    """``jobs`` worker processes on this machine, threads split evenly between them.
+
+    Jobs start in order, ``jobs`` at a time. If ``run`` is interrupted (``KeyboardInterrupt``,
+    or any exception) it starts no further job, ends its workers (SIGTERM, then SIGKILL after
+    ``STOP_GRACE_S``), clears their runs' ``.running`` markers and re-raises: the runs keep
+    their checkpoints and resume when the same sweep runs again.
+    """
 
     jobs: int = 1
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {self.jobs!r}")
+
+    def on_gpu(self, device: str) -> bool:
+        return on_gpu_here(device)
+
     def run(self, jobs: list[list[tuple[RunConfig, Path]]], sweep_dir: Path) -> None:
-        threads = max(1, (os.cpu_count() or 1) // max(1, self.jobs))
+        if not jobs:
+            return
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         folder = sweep_dir / ".jobs"
         folder.mkdir(parents=True, exist_ok=True)
+        queue = list(enumerate(jobs))
+        workers: list[_Worker] = []
+        try:
+            while queue or workers:
+                while queue and len(workers) < self.jobs:
+                    i, job = queue.pop(0)
+                    workers.append(_Worker.start(folder / f"job{i}.json", job, env))
+                for w in [w for w in workers if w.proc.poll() is not None]:
+                    workers.remove(w)
+                    w.finish()
+                time.sleep(POLL_S)
+        except BaseException:  # Ctrl-C (or a bug here): no new job, end the running ones
+            _stop(workers)
+            raise
 
-        def launch(i: int, job: list[tuple[RunConfig, Path]]) -> None:
-            job_file = folder / f"job{i}.json"
-            write_job(job_file, job)
-            log = rundir.log_path(job[0][1])
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with log.open("ab") as out:
-                code = subprocess.call(
-                    [sys.executable, "-m", "ponder.sweep", str(job_file)],
-                    stdout=out, stderr=subprocess.STDOUT, env=env,
-                )  # fmt: skip
-            if code != 0:  # the worker itself died (killed, out of memory): record it
-                for config, run_dir in job:
-                    if run_status(run_dir, config) not in ("done", "diverged"):
-                        rundir.write_error(run_dir, f"worker exited with status {code}")
-            job_file.unlink(missing_ok=True)
 
-        with ThreadPoolExecutor(self.jobs) as pool:
-            for f in [pool.submit(launch, i, job) for i, job in enumerate(jobs)]:
-                f.result()
+@dataclass(eq=False)
+class _Worker:
+    """A ``python -m ponder.sweep JOB.json`` process training one job."""
+
+    proc: subprocess.Popen
+    job_file: Path
+    job: list[tuple[RunConfig, Path]]
+
+    @classmethod
+    def start(cls, job_file: Path, job: list[tuple[RunConfig, Path]], env: dict) -> _Worker:
+        write_job(job_file, job)
+        log = rundir.log_path(job[0][1])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ponder.sweep", str(job_file)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+        return cls(proc, job_file, job)
+
+    def finish(self, stopped: bool = False) -> None:
+        """After the process ended: record a worker that died (killed, out of memory), unless
+        it was stopped on purpose or interrupted, and tidy up."""
+        code = self.proc.returncode
+        interrupted = stopped or code == -signal.SIGINT
+        if code != 0 and not interrupted:
+            for config, run_dir in self.job:
+                if run_status(run_dir, config) not in ("done", "diverged"):
+                    rundir.write_error(run_dir, f"worker exited with status {code}")
+        if interrupted:  # a worker killed mid-run leaves its marker; the run is resumable
+            for _, run_dir in self.job:
+                rundir.mark_running(run_dir, False)
+        self.job_file.unlink(missing_ok=True)
+
+
+def _stop(workers: list[_Worker]) -> None:
+    """End ``workers``: SIGTERM, then SIGKILL for those still alive after ``STOP_GRACE_S``."""
+    alive = [w for w in workers if w.proc.poll() is None]  # the others ended on their own
+    try:
+        for w in alive:
+            w.proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for w in alive:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    finally:  # also after a second Ctrl-C: nothing is left running
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+            w.proc.wait()
+            w.finish(stopped=w in alive)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,43 +406,58 @@ class SweepResult:
             out[s] = out.get(s, 0) + 1
         return out
 
+    @property
+    def unfinished(self) -> list[str]:
+        return [n for n, s in self.statuses.items() if s not in ("done", "diverged")]
+
 
 def plan_jobs(
-    runs: list[Run], sweep_dir: Path, batch: int = 1
+    runs: list[Run],
+    sweep_dir: Path,
+    batch: int = 1,
+    on_gpu: Callable[[str], bool] = on_gpu_here,
 ) -> list[list[tuple[RunConfig, Path]]]:
     """The jobs of the runs that still have work to do (finished runs are skipped).
 
     With ``batch`` > 1, runs that share a shape (``RunConfig.ensemble_key``: the seeds of a
     configuration, ACT's tau values) and start from the same point (all new, or all resuming
     from one checkpoint step) train together as ensembles of at most ``batch`` runs, where
-    that is faster (``worth_batching``).
+    that is faster (``worth_batching``). ``on_gpu(device)``: whether the executor's jobs train
+    on a GPU (``Executor.on_gpu``); planning never asks this process's CUDA.
     """
+    _check_batch(batch)
     groups: dict[tuple, list[tuple[RunConfig, Path]]] = {}
     for r in runs:
         run_dir = sweep_dir / r.name
         status = run_status(run_dir, r.config)
         if status in ("done", "diverged"):
             continue
-        resume = _resume_step(run_dir) if batch > 1 and worth_batching(r.config) else None
+        batched = batch > 1 and worth_batching(r.config, on_gpu(r.config.device))
+        resume = _resume_step(run_dir) if batched else None
         key = (r.config.ensemble_key(), resume) if resume is not None else (r.name,)
         groups.setdefault(key, []).append((r.config, run_dir))
     return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), batch)]
 
 
-def worth_batching(config: RunConfig) -> bool:
-    """Whether training runs of ``config`` as an ensemble beats training them one by one.
+def worth_batching(config: RunConfig, on_gpu: bool) -> bool:
+    """Whether training runs of ``config`` as an ensemble beats training them one by one, on a
+    GPU (``on_gpu``) or a CPU.
 
     On a GPU it always does (the step is launch-bound). On a CPU it does for the small networks
     of parity and logic, whose step is bound by per-op overhead, but not for an LSTM of 512
     cells (addition, sort), whose step is bound by arithmetic and where PyTorch's fused LSTM
     kernel beats batched matmuls (``ponder bench``: 0.5x to 0.9x on 2 cores).
     """
-    from .engine import resolve_device
     from .models import GATES
 
-    if resolve_device(config.device).type == "cuda":
+    if on_gpu:
         return True
     return config.hidden * GATES[config.cell] <= 512
+
+
+def _check_batch(batch: int) -> None:
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch!r}")
 
 
 def _resume_step(run_dir: Path) -> int | None:
@@ -349,11 +481,13 @@ def sweep(
     """Run every run of ``grid`` under ``sweep_dir``; returns each run's final status.
 
     ``batch``: the most runs trained together as one ensemble (1 trains every run alone).
+    ``sweep_dir`` is made absolute first, so that workers started elsewhere (Ray) see it.
     """
-    sweep_dir = Path(sweep_dir)
+    _check_batch(batch)
+    sweep_dir = Path(os.path.abspath(sweep_dir))
+    check_grid(grid, sweep_dir)
+    executor = executor or LocalExecutor()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    for r in grid.runs:  # a changed grid must not mix with the runs already there
-        rundir.check_same_run(r.config, sweep_dir / r.name)
     rundir.clear_running(sweep_dir)  # markers left by a sweep that was killed
     manifest = {
         "name": grid.name,
@@ -362,7 +496,7 @@ def sweep(
         "runs": {r.name: r.config.to_dict() for r in grid.runs},
     }
     atomic_write(sweep_dir / "sweep.json", json.dumps(manifest, indent=1))
-    jobs = plan_jobs(grid.runs, sweep_dir, batch)
+    jobs = plan_jobs(grid.runs, sweep_dir, batch, getattr(executor, "on_gpu", on_gpu_here))
     skipped = len(grid.runs) - sum(len(j) for j in jobs)
     if progress:
         print(
@@ -370,7 +504,6 @@ def sweep(
             f"{sum(len(j) for j in jobs)} to run in {sweep_dir}",
             flush=True,
         )
-    executor = executor or LocalExecutor()
     monitor = _Monitor(grid.runs, sweep_dir, enabled=progress)
     monitor.start()
     try:
@@ -378,6 +511,19 @@ def sweep(
     finally:
         monitor.stop()
     return SweepResult({r.name: run_status(sweep_dir / r.name, r.config) for r in grid.runs})
+
+
+def run_sweep(
+    grid: Grid, sweep_dir: str | Path, executor: Executor | None = None, batch: int = 16
+) -> int:
+    """``sweep`` as the commands run it, with its outcome on stdout; returns the exit status:
+    0 when every run finished (done or diverged), 1 when some did not."""
+    result = sweep(grid, sweep_dir, executor, batch=batch)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items()))
+    print(f"sweep {grid.name}: {counts} -> {sweep_dir}")
+    if result.unfinished:
+        print(f"not finished: {', '.join(result.unfinished)} (see error.txt in their directories)")
+    return 0 if result.all_finished else 1
 
 
 class _Monitor:
@@ -434,7 +580,13 @@ class _Monitor:
 
 
 def _job_main(argv: list[str]) -> int:
-    """Entry of a local worker process: ``python -m ponder.sweep JOB.json``."""
+    """Entry of a local worker process: ``python -m ponder.sweep JOB.json``. SIGTERM (the
+    sweep stopping) ends it through ``execute_job``'s clean-up, like Ctrl-C."""
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
     execute_job(read_job(Path(argv[0])))
     return 0
 
@@ -451,9 +603,13 @@ __all__ = [
     "Run",
     "SweepResult",
     "builtin_grid",
+    "check_grid",
     "execute_job",
     "load_grid",
     "merge_grids",
+    "on_gpu_here",
+    "override",
     "run_name",
+    "run_sweep",
     "sweep",
 ]

@@ -165,49 +165,52 @@ def run(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
     return run_group([config], [out_dir])[0]
 
 
-def run_group(configs: list[RunConfig], run_dirs: list[str | Path]) -> list[dict[str, Any]]:
+def run_group(
+    configs: list[RunConfig], run_dirs: list[str | Path], stacked: bool | None = None
+) -> list[dict[str, Any]]:
     """Train (or resume) runs that share ``RunConfig.ensemble_key`` together; their summaries.
 
-    Members that already finished are left alone. The others must resume from the same step
-    (as they do when they were trained together), else each resumes on its own.
+    ``stacked``: train as one stacked model (``ensemble.Stacked``); None, the default, stacks
+    a group of more than one run and trains a single run on its own network. Members that
+    already finished are left alone. The others must resume from the same step (as they do
+    when they were trained together), else each resumes on its own.
     """
     if len({c.ensemble_key() for c in configs}) != 1:
         raise ValueError("run_group: the configs differ in more than seed and tau")
     members = [Member(c, d) for c, d in zip(configs, run_dirs, strict=True)]
     summaries = [m.finished() for m in members]
     todo = [m for m, s in zip(members, summaries, strict=True) if s is None]
-    if todo:
-        ckpts = [m.resume() for m in todo]
-        steps = {int(c["step"]) if c else 0 for c in ckpts}
-        if len(steps) > 1:  # trained apart before: resume each on its own
-            for m in todo:
-                m.close()
-            for m in todo:
-                summaries[members.index(m)] = run(m.config, m.dir)
-        else:
-            for m, s in zip(todo, _train(todo, ckpts, steps.pop()), strict=True):
-                summaries[members.index(m)] = s
+    if not todo:
+        return summaries  # type: ignore[return-value]
+    ckpts = [m.resume() for m in todo]
+    steps = {int(c["step"]) if c else 0 for c in ckpts}
+    if len(steps) > 1:  # trained apart before: resume each on its own
+        for m in todo:
+            m.close()
+            summaries[members.index(m)] = run(m.config, m.dir)
+        return summaries  # type: ignore[return-value]
+    step = steps.pop()
+    for m in todo:  # a budget lowered below the resume point leaves nothing to train
+        if step >= m.config.steps:
+            summaries[members.index(m)] = m.finish()
+    left = [(m, c) for m, c in zip(todo, ckpts, strict=True) if step < m.config.steps]
+    if left:
+        stacked = len(left) > 1 if stacked is None else stacked
+        group, group_ckpts = [m for m, _ in left], [c for _, c in left]
+        for m, s in zip(group, _train(group, group_ckpts, step, stacked), strict=True):
+            summaries[members.index(m)] = s
     return summaries  # type: ignore[return-value]
 
 
-def _train(members: list[Member], ckpts: list[dict | None], step: int) -> list[dict[str, Any]]:
-    """The loop: members resume from ``step`` (their checkpoints) and train to their ends."""
+def _train(
+    members: list[Member], ckpts: list[dict | None], step: int, stacked: bool
+) -> list[dict[str, Any]]:
+    """The loop's set-up: members resume from ``step`` (their checkpoints); their summaries."""
     c0 = members[0].config
     try:
         device = resolve_device(c0.device)
         set_matmul_precision(c0, device)
-        # A member whose budget was lowered below its resume point has nothing left to train.
-        live = [i for i, m in enumerate(members) if step < m.config.steps]
-        if not live:
-            return [m.finish() for m in members]
-        if len(live) < len(members):
-            for i, m in enumerate(members):
-                if i not in live:
-                    m.finish()
-            summaries = _train([members[i] for i in live], [ckpts[i] for i in live], step)
-            return [summaries[live.index(i)] if i in live else rundir.read_summary(members[i].dir)
-                    for i in range(len(members))]  # fmt: skip
-        eng = _engine([m.config for m in members], ckpts, device)
+        eng = _engine([m.config for m in members], ckpts, device, stacked)
         record = {
             "from_step": step,
             "engine": eng.name,
@@ -225,9 +228,12 @@ def _train(members: list[Member], ckpts: list[dict | None], step: int) -> list[d
     return [rundir.read_summary(m.dir) for m in members]
 
 
-def _engine(configs: list[RunConfig], ckpts: list[dict | None], device: torch.device) -> Engine:
-    if len(configs) == 1:
-        return Single(configs[0], ckpts[0], device)
+def _engine(
+    configs: list[RunConfig], ckpts: list[dict | None], device: torch.device, stacked: bool
+) -> Engine:
+    if not stacked:
+        (config,), (ckpt,) = configs, ckpts
+        return Single(config, ckpt, device)
     from .ensemble import Stacked
 
     return Stacked(configs, ckpts, device)
@@ -246,7 +252,7 @@ def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -
             eng.stepper()
             step += 1
             bar.update(1)
-            ends = [i for i in live if step == members[i].config.steps]
+            ends = [i for i in live if step >= members[i].config.steps]
             if step % c0.log_every and not ends:
                 continue
             # ---- log step: the only place that moves numbers to the host

@@ -1,0 +1,256 @@
+"""Every figure of a sweep report, drawn with matplotlib from ``results.ConfigRow``s.
+
+``build_figures(rows, DIR, ...)`` writes DIR/figures/*.png:
+
+    <task>-accuracy-tau.png         accuracy and ACT's repetitions against training steps, one
+                                    line per tau and the RNN as "no ACT" (the paper's 5 and 7)
+    <task>-accuracy-rho.png         accuracy against training steps, one line per rho, the RNN
+                                    as rho=1 (the paper's figures 2, 6 and 8)
+    addition-ponder-position.png    trained ACT's repetitions per input position (figure 4)
+    <task>-ponder-difficulty.png    trained ACT's repetitions against input difficulty (Graves
+                                    2016: harder inputs are pondered longer)
+
+Curves are each run's own smoothing (the paper's criterion), then the median over seeds with a
+25th-75th percentile band. The last two figures probe trained checkpoints on fresh inputs
+(``results.probe_ponder``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+from . import metrics, rundir
+from .results import ConfigRow, RunResult, probe_ponder, quartiles
+from .rundir import RunError
+
+matplotlib.use("Agg")  # headless: reports are built on servers and in CI, before pyplot loads
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+FIGURES = "figures"  # the figures' folder, beside report.md
+DPI = 150
+DIFFICULTY_LABEL = {
+    "parity": "nonzero input bits",
+    "addition": "digits of the input number",
+    "logic": "gates in the input token",
+    "sort": "numbers in the sequence",
+}
+PONDER_LABEL = "ponder N(t) - 1 + R(t)"  # the paper's "repetitions", what every figure shows
+
+
+def _band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Median, 25th and 75th percentile over seeds at every step some seed logged.
+
+    Seeds of one configuration log at the same steps; a seed that stopped early (diverged,
+    unfinished) simply leaves the later steps to the others.
+    """
+    by_step: dict[int, list[float]] = {}
+    for steps, values in curves:
+        for s, v in zip(steps.tolist(), values.tolist(), strict=True):
+            by_step.setdefault(s, []).append(v)
+    grid = np.array(sorted(by_step), dtype=float)
+    q = np.array([quartiles(by_step[s]) for s in sorted(by_step)])  # [steps, 3]
+    return grid, q[:, 0], q[:, 1], q[:, 2]
+
+
+def _plot_band(ax, curves, label: str, color) -> None:
+    curves = [(s, v) for s, v in curves if len(s)]
+    if not curves:
+        return
+    x, mid, lo, hi = _band(curves)
+    ax.plot(x, mid, color=color, label=label, lw=1.5)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def _smoothed(run: RunResult, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A run's curve smoothed as the paper's criterion smooths it (its own window)."""
+    return run.steps, metrics.smooth(values, run.config.solve_window)
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:  # no empty legend (and no warning) without lines
+        ax.legend(fontsize="small")
+
+
+def _colors(n: int) -> list:
+    return [plt.get_cmap("viridis")(x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
+
+
+def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path) -> bool:
+    """Accuracy (top) and ACT's ponder (bottom) against steps, one line per tau plus the RNN as
+    "no ACT": the paper's figures 5 and 7. Returns False (and writes nothing) without ACT runs."""
+    act = [r for r in rows if r.task == task and r.model == "act"]
+    if not act:
+        return False
+    plain = [r for r in rows if r.task == task and r.model == "rnn"]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, sharex=True, figsize=(8, 7), gridspec_kw={"height_ratios": [2, 1]}
+    )
+    for row, color in zip(act, _colors(len(act)), strict=True):
+        _plot_band(top, [_smoothed(r, r.accuracy) for r in row.runs], row.legend, color)
+        _plot_band(bottom, [_smoothed(r, r.repetitions_curve) for r in row.runs], row.legend, color)
+    for row in plain:
+        label = "no ACT" + (f" ({row.variant})" if row.variant else "")
+        _plot_band(top, [_smoothed(r, r.accuracy) for r in row.runs], label, "black")
+    top.set_title(f"{task}: ACT, median over seeds (band: 25th-75th percentile), smoothed")
+    top.set_ylabel("training accuracy")
+    _legend(top)
+    top.grid(alpha=0.3)
+    bottom.set_xlabel("training step")
+    bottom.set_ylabel(PONDER_LABEL)
+    _legend(bottom)
+    bottom.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_accuracy_rho(rows: list[ConfigRow], task: str, path: Path) -> bool:
+    """Accuracy against steps, one line per rho (the RNN as rho=1): the paper's figures 2, 6, 8.
+    Returns False (and writes nothing) without Repeat runs."""
+    repeat = [r for r in rows if r.task == task and r.model == "repeat"]
+    if not repeat:
+        return False
+    lines = [r for r in rows if r.task == task and r.model == "rnn"] + repeat
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row, color in zip(lines, _colors(len(lines)), strict=True):
+        label = f"rho=1 ({row.legend})" if row.model == "rnn" else row.legend
+        _plot_band(ax, [_smoothed(r, r.accuracy) for r in row.runs], label, color)
+    ax.set_title(f"{task}: Repeat-RNN, median over seeds (band: 25th-75th percentile), smoothed")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training accuracy")
+    _legend(ax)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_ponder_position(
+    rows: list[ConfigRow], probes: dict[Path, tuple[np.ndarray, np.ndarray]], path: Path
+) -> bool:
+    """Box plot of ACT's ponder per input position in addition, one panel per tau, pooled over
+    seeds (the paper's figure 4: the first input is pondered least)."""
+    act = [r for r in rows if r.task == "addition" and r.model == "act"]
+    panels = [(row, [probes[r.path][0] for r in row.runs if r.path in probes]) for row in act]
+    panels = [(row, p) for row, p in panels if p]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.2 * len(panels) + 1, 4.5), sharey=True, squeeze=False
+    )
+    for ax, (row, ponders) in zip(axes[0], panels, strict=True):
+        pooled = np.concatenate(ponders)  # [seeds * S, T]
+        positions = np.arange(1, pooled.shape[1] + 1)
+        ax.boxplot(list(pooled.T), positions=positions, flierprops={"markersize": 2})
+        ax.set_xticks(positions, [str(p) for p in positions])
+        ax.set_title(f"{row.legend}, {len(ponders)} seed(s) pooled", fontsize="medium")
+        ax.set_xlabel("input position")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(PONDER_LABEL)
+    samples = panels[0][1][0].shape[0]
+    fig.suptitle(f"addition: ACT's ponder per input position ({samples} fresh sequences per net)")
+    _save(fig, path)
+    return True
+
+
+def plot_ponder_difficulty(
+    rows: list[ConfigRow],
+    probes: dict[Path, tuple[np.ndarray, np.ndarray]],
+    task: str,
+    path: Path,
+) -> bool:
+    """Mean ponder per input difficulty, one line per tau (median over seeds, band 25th-75th
+    percentile): Graves 2016's finding that ACT ponders longer on harder inputs."""
+    act = [r for r in rows if r.task == task and r.model == "act"]
+    act = [row for row in act if any(r.path in probes for r in row.runs)]
+    if not act:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row, color in zip(act, _colors(len(act)), strict=True):
+        curves = []
+        for r in row.runs:
+            if r.path not in probes:
+                continue
+            repetitions, difficulty = probes[r.path]
+            levels = np.unique(difficulty[difficulty > 0])  # 0: a step without input
+            means = np.array([repetitions[difficulty == d].mean() for d in levels])
+            curves.append((levels, means))
+        curves = [c for c in curves if len(c[0])]
+        if not curves:
+            continue
+        x, mid, lo, hi = _band(curves)
+        ax.plot(x, mid, marker="o", ms=3, color=color, label=row.legend)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    ax.set_title(f"{task}: trained ACT's ponder against input difficulty (median over seeds)")
+    ax.set_xlabel(DIFFICULTY_LABEL.get(task, "difficulty"))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"mean {PONDER_LABEL}")
+    _legend(ax)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def build_figures(
+    rows: list[ConfigRow], out_dir: Path, difficulty_samples: int, generator_seed: int
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Write every figure the runs allow under ``out_dir``; returns (relative path, caption)
+    pairs for report.md and a line per run left out of the checkpoint-based figures."""
+    figures: list[tuple[str, str]] = []
+    notes: list[str] = []
+    root = out_dir / FIGURES
+
+    def add(ok: bool, name: str, caption: str) -> None:
+        if ok:
+            figures.append((f"{FIGURES}/{name}", caption))
+
+    task_names = list(dict.fromkeys(row.task for row in rows))
+    for task in task_names:
+        name = f"{task}-accuracy-tau.png"
+        add(
+            plot_accuracy_tau(rows, task, root / name),
+            name,
+            f"{task}: training accuracy and ACT's ponder against steps, per tau",
+        )
+        name = f"{task}-accuracy-rho.png"
+        add(
+            plot_accuracy_rho(rows, task, root / name),
+            name,
+            f"{task}: training accuracy against steps, per rho",
+        )
+
+    probes: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    for row in rows:
+        if row.model != "act" or difficulty_samples < 1:
+            continue
+        for r in row.runs:
+            if not rundir.has_checkpoint(r.path):
+                notes.append(f"{r.path.name}: no checkpoint")
+                continue
+            try:
+                probes[r.path] = probe_ponder(r.path, difficulty_samples, generator_seed)
+            except RunError as e:
+                notes.append(f"{r.path.name}: {e}")
+
+    name = "addition-ponder-position.png"
+    add(
+        plot_ponder_position(rows, probes, root / name),
+        name,
+        f"addition: trained ACT's {PONDER_LABEL} per input position",
+    )
+    for task in task_names:
+        name = f"{task}-ponder-difficulty.png"
+        add(
+            plot_ponder_difficulty(rows, probes, task, root / name),
+            name,
+            f"{task}: trained ACT's {PONDER_LABEL} against input difficulty",
+        )
+    return figures, notes

@@ -1,0 +1,351 @@
+"""Reading and aggregating a sweep: our runs over seeds, and Fojo et al. 2018's published numbers.
+
+``load_runs(DIR)`` reads every run directory under DIR (through ``rundir``) into a ``RunResult``;
+``aggregate`` groups the runs that differ only in their seed into configurations (``config_key``,
+built on ``RunConfig.identity``) and gives each a ``ConfigRow``: runs solved, median steps to
+solve with the interquartile range (numpy's 25th-75th percentile), the median of the last logged
+"average repetitions" and, beside them, the paper's row (``paper_values``). ``probe_ponder``
+loads a trained network and measures its ponder on fresh inputs.
+
+Steps to solve are recomputed from metrics.csv with each run's own criterion (``metrics.py``), so
+unfinished runs count with what they have logged so far. The paper reports one run per row; we
+report the median over seeds.
+
+The quantities keep metrics.csv's names: ``repetitions`` is the paper's "average repetitions"
+(N(t) - 1 + R(t) for ACT, rho for Repeat and the RNN), ``ponder_steps`` is ACT's N(t).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import metrics, rundir, tasks, train
+from .config import TASK_DEFAULTS, RunConfig
+from .rundir import RunError
+
+STATUSES = ("finished", "diverged", "failed", "unfinished")
+CHUNK = 250  # sequences per forward pass when probing trained networks
+
+# The problems the papers trained on (SPEC.md); the task classes' defaults are the same values.
+PAPER_TASK_OPTIONS: dict[str, dict[str, int]] = {
+    "parity": {"bits": 64},
+    "addition": {"numbers": 5, "digits": 5},
+    "logic": {"max_length": 10, "gates": 10},
+    "sort": {"max_length": 15, "min_length": 2},
+}
+PAPER_BUDGET = 2_000_000  # training steps per run
+# Fojo et al. 2018, Table 1 (parity, tanh RNN 128) and Table 2 (addition, LSTM 512): one run each.
+# Keys: ("rnn", None), ("act", tau), ("repeat", rho); values: (solved, steps to 98%, repetitions).
+PAPER_TABLES: dict[str, dict[tuple[str, float | None], tuple[str, str, str]]] = {
+    "parity": {
+        ("rnn", None): ("no", "-", "1.00"),
+        ("act", 1e-1): ("no", "-", "1.00"),
+        ("act", 1e-2): ("yes", "53k", "1.81"),
+        ("act", 5e-3): ("yes", "356k", "2.03"),
+        ("act", 1e-3): ("yes", "55k", "2.04"),
+        ("repeat", 2): ("yes", "22k", "2"),
+        ("repeat", 3): ("yes", "49k", "3"),
+        ("repeat", 5): ("yes", "27k", "5"),
+        ("repeat", 8): ("yes", "26k", "8"),
+    },
+    "addition": {
+        ("rnn", None): ("no", "-", "1.00"),
+        ("act", 1e-1): ("no", "-", "1.01"),
+        ("act", 1e-2): ("yes", "899k", "5.08"),
+        ("act", 5e-3): ("yes", "988k", "6.74"),
+        ("act", 1e-3): ("no", "-", "11.91"),
+        ("repeat", 2): ("no", "-", "2"),
+        ("repeat", 3): ("yes", "997k", "3"),
+        ("repeat", 5): ("yes", "514k", "5"),
+        ("repeat", 8): ("yes", "576k", "8"),
+    },
+}
+PAPER_TABLE_TITLE = {
+    "parity": "Fojo et al. Table 1: parity, tanh RNN with 128 units",
+    "addition": "Fojo et al. Table 2: addition, LSTM with 512 cells",
+}
+REDUCED = "n/a (reduced problem)"
+OTHER_CELL = "n/a (other cell)"
+
+
+# --------------------------------------------------------------------------------------------
+# Runs and configurations
+
+
+@dataclass
+class RunResult:
+    """What the report needs of one run directory, read once."""
+
+    path: Path
+    config: RunConfig
+    status: str  # one of STATUSES
+    steps: np.ndarray  # logged steps, [L]
+    accuracy: np.ndarray  # training accuracy per log, [L]
+    repetitions_curve: np.ndarray  # the repetitions column per log, [L]
+    steps_to_solve: int | None  # paper criterion, recomputed from metrics.csv
+    eval_steps_to_solve: int | None  # first log with held-out accuracy >= threshold
+    repetitions: float | None  # the repetitions of the last logged row
+    ponder_steps: float | None  # N(t) of the last logged row (ACT only)
+    error: str = ""  # first line of error.txt for a failed run
+
+
+def fmt_tau(tau: float | None) -> str:
+    """tau as the paper writes it: 1e-2, 5e-3 (0 for no penalty); part of a row's name."""
+    if tau is None:
+        return ""
+    if tau == 0:
+        return "0"
+    mantissa, exponent = f"{tau:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+@dataclass
+class ConfigRow:
+    """One configuration (runs that differ only in seed) aggregated: a row of the tables."""
+
+    task: str
+    task_options: dict[str, int]
+    model: str
+    cell: str
+    tau: float | None  # ACT only
+    rho: int | None  # Repeat's rho; 1 for the plain RNN; None for ACT
+    variant: str  # other settings that differ between this task's configurations
+    runs: list[RunResult] = field(default_factory=list)
+    solved: int = 0
+    median_steps: float | None = None
+    q25_steps: float | None = None
+    q75_steps: float | None = None
+    eval_solved: int = 0
+    eval_median_steps: float | None = None
+    eval_q25_steps: float | None = None
+    eval_q75_steps: float | None = None
+    median_repetitions: float | None = None
+    median_ponder_steps: float | None = None  # ACT only
+    counts: dict[str, int] = field(default_factory=dict)  # runs per status
+    paper: tuple[str, str, str] = ("", "", "")  # solved, steps to 98%, average repetitions
+
+    @property
+    def label(self) -> str:
+        """The paper's name for the row: RNN / LSTM, ACT tau=1e-2, Repeat rho=2."""
+        name = {"act": "ACT ", "repeat": "Repeat "}.get(self.model, "") + self.short_label
+        return f"{name} ({self.variant})" if self.variant else name
+
+    @property
+    def short_label(self) -> str:
+        """tau=1e-2, rho=2, or the cell's name for the RNN: a legend entry."""
+        if self.model == "act":
+            return f"tau={fmt_tau(self.tau)}"
+        if self.model == "repeat":
+            return f"rho={self.rho}"
+        return self.cell.upper()
+
+    @property
+    def legend(self) -> str:
+        return f"{self.short_label} ({self.variant})" if self.variant else self.short_label
+
+
+def read_run(run_dir: Path) -> RunResult:
+    """Read one run directory; raises ``RunError`` if its config is unreadable."""
+    run_dir = Path(run_dir)
+    config = rundir.read_config(run_dir)
+    rows = rundir.read_metrics(run_dir)
+
+    def column(name: str) -> np.ndarray:
+        return np.array([r.get(name, math.nan) for r in rows], dtype=float)
+
+    steps = np.array([r["step"] for r in rows], dtype=np.int64)
+    accuracy = column("train_accuracy")
+    stp = metrics.steps_to_solve(
+        steps.tolist(), accuracy.tolist(), config.solve_threshold, config.solve_window
+    )
+    i = metrics.first_crossing(column("eval_accuracy"), config.solve_threshold)
+
+    error = rundir.read_error(run_dir)
+    if error is not None:
+        status = "failed"
+    else:
+        error = ""
+        try:
+            summary = rundir.read_summary(run_dir)
+        except RunError:
+            summary = None  # a corrupt summary: the run has to finish again
+        if summary is None:
+            status = "unfinished"
+        elif summary.get("diverged"):
+            status = "diverged"
+        else:
+            status = "finished"
+    last = rows[-1] if rows else {}
+    return RunResult(
+        path=run_dir,
+        config=config,
+        status=status,
+        steps=steps,
+        accuracy=accuracy,
+        repetitions_curve=column("repetitions"),
+        steps_to_solve=stp,
+        eval_steps_to_solve=None if i is None else int(steps[i]),
+        repetitions=last.get("repetitions"),
+        ponder_steps=last.get("ponder_steps") if config.model == "act" else None,
+        error=error,
+    )
+
+
+def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[str]]:
+    """Every run under ``sweep_dir`` and a line per sub-directory that could not be read.
+
+    A sub-directory without a config is not a run and is ignored. ``sweep_dir`` may also be a
+    single run directory (it has a config itself): the report then covers that run.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise RunError(f"sweep directory not found: {sweep_dir}")
+    if rundir.is_run(sweep_dir):
+        candidates = [sweep_dir]
+    else:
+        candidates = sorted(p for p in sweep_dir.iterdir() if rundir.is_run(p))
+    runs, skipped = [], []
+    for path in candidates:
+        try:
+            runs.append(read_run(path))
+        except RunError as e:
+            skipped.append(f"{path.name}: {e}")
+    if not runs:
+        why = f" ({len(skipped)} with an unreadable {rundir.CONFIG})" if skipped else ""
+        raise RunError(f"{sweep_dir} holds no run (no sub-directory with a {rundir.CONFIG}){why}")
+    return runs, skipped
+
+
+def config_key(config: RunConfig) -> dict[str, Any]:
+    """What makes runs one configuration: the config without seed, budget, device and fields
+    the model ignores (tau etc. for non-ACT, rho for non-Repeat); task options flattened in."""
+    d = config.identity(ignore=("seed",))
+    options = d.pop("task_options")
+    return {
+        k: v for k, v in {**d, **options}.items() if v is not None
+    }  # option names (bits, digits, ...) are not RunConfig fields
+
+
+def paper_values(config: RunConfig) -> tuple[str, str, str]:
+    """The paper's (solved, steps to 98%, average repetitions) for this run's row, if it has one.
+
+    Empty strings where the paper has no such row; ``REDUCED`` where it has the row but our
+    problem is smaller than the paper's; ``OTHER_CELL`` for another recurrent cell.
+    """
+    table = PAPER_TABLES.get(config.task)
+    if table is None:
+        return ("", "", "")
+    if config.model == "act":
+        hit = next((k for k in table if k[0] == "act" and math.isclose(k[1], config.tau)), None)
+    elif config.model == "repeat":
+        hit = ("repeat", config.rho) if ("repeat", config.rho) in table else None
+    else:
+        hit = ("rnn", None)
+    if hit is None:
+        return ("", "", "")
+    if config.task_options != PAPER_TASK_OPTIONS[config.task]:
+        return (REDUCED,) * 3
+    if config.cell != TASK_DEFAULTS[config.task]["cell"]:
+        return (OTHER_CELL,) * 3
+    return table[hit]
+
+
+def quartiles(values: list[float]) -> tuple[float | None, float | None, float | None]:
+    """Median, 25th and 75th percentile (numpy's linear interpolation), or Nones."""
+    if not values:
+        return None, None, None
+    q50, q25, q75 = np.percentile(np.asarray(values, dtype=float), [50, 25, 75])
+    return float(q50), float(q25), float(q75)
+
+
+def _median(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.median(kept)) if kept else None
+
+
+def _order(row: ConfigRow) -> tuple:
+    """The paper's order: tasks as in tasks.TASKS, the RNN, ACT by decreasing tau, Repeat by rho."""
+    task_rank = list(tasks.TASKS).index(row.task) if row.task in tasks.TASKS else len(tasks.TASKS)
+    model_rank = {"rnn": 0, "act": 1, "repeat": 2}.get(row.model, 3)
+    within = -(row.tau or 0.0) if row.model == "act" else (row.rho or 0)
+    return (task_rank, row.task, model_rank, within, row.variant)
+
+
+def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
+    """Group ``runs`` into configurations and aggregate each, in the paper's order."""
+    groups: dict[str, list[RunResult]] = {}
+    keys: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        key = config_key(run.config)
+        k = json.dumps(key, sort_keys=True, default=str)
+        groups.setdefault(k, []).append(run)
+        keys[k] = key
+
+    # Settings beyond task/model/tau/rho that take several values within a task name the rows.
+    varying: dict[str, list[str]] = {}
+    for task in {key["task"] for key in keys.values()}:
+        same = [key for key in keys.values() if key["task"] == task]
+        names = list(dict.fromkeys(n for key in same for n in key))
+        varying[task] = [
+            n
+            for n in names
+            if n not in ("task", "model", "tau", "rho")
+            and len({json.dumps(key[n]) for key in same if n in key}) > 1
+        ]
+
+    rows = []
+    for k, members in groups.items():
+        key, c = keys[k], members[0].config
+        members.sort(key=lambda r: (r.config.seed, r.path.name))
+        variant = ", ".join(f"{n}={key[n]}" for n in varying[c.task] if n in key)
+        row = ConfigRow(
+            task=c.task,
+            task_options=dict(c.task_options),
+            model=c.model,
+            cell=c.cell,
+            tau=c.tau if c.model == "act" else None,
+            rho={"repeat": c.rho, "rnn": 1}.get(c.model),
+            variant=variant,
+            runs=members,
+            paper=paper_values(c),
+        )
+        solved = [r.steps_to_solve for r in members if r.steps_to_solve is not None]
+        row.solved = len(solved)
+        row.median_steps, row.q25_steps, row.q75_steps = quartiles(solved)
+        held_out = [r.eval_steps_to_solve for r in members if r.eval_steps_to_solve is not None]
+        row.eval_solved = len(held_out)
+        row.eval_median_steps, row.eval_q25_steps, row.eval_q75_steps = quartiles(held_out)
+        row.median_repetitions = _median([r.repetitions for r in members])
+        if c.model == "act":
+            row.median_ponder_steps = _median([r.ponder_steps for r in members])
+        row.counts = {s: sum(r.status == s for r in members) for s in STATUSES}
+        rows.append(row)
+    return sorted(rows, key=_order)
+
+
+# --------------------------------------------------------------------------------------------
+# Trained networks
+
+
+@torch.no_grad()
+def probe_ponder(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A trained network's repetitions N(t) - 1 + R(t) and the input difficulty, both ``[S, T]``,
+    on ``samples`` fresh sequences drawn from a CPU generator seeded with ``seed`` (the same
+    sequences for every network of the same task options). Runs on the CPU in chunks; a missing
+    or broken checkpoint is a ``RunError``."""
+    net, task, _ = train.load_model(run_dir, "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    repetitions, difficulties = [], []
+    for start in range(0, samples, CHUNK):
+        x, _ = task.sample(min(CHUNK, samples - start), gen)  # [B, T, input_size]
+        _, info = net(x)
+        repetitions.append(info["repetitions"].float().numpy())  # [B, T]
+        difficulties.append(task.difficulty(x).numpy())  # [B, T]
+    return np.concatenate(repetitions), np.concatenate(difficulties)
