@@ -67,9 +67,11 @@ def test_run_bench_writes_table(tmp_path, capsys):
     ]  # fmt: skip
     out = tmp_path / "BENCH.md"
     timing = bench.Timing(warmup=1, repeats=2, seconds=0.01, max_steps=3)
+    profile_case = bench.Case("act", {"task": "parity", "model": "act", **tiny})
     text = bench.run_bench(
-        quick=True, device="cpu", out=out, _cases=cases, _timing=timing, _ks=(1, 2)
-    )
+        quick=True, device="cpu", out=out, _cases=cases, _timing=timing, _ks=(1, 2),
+        _profile_case=profile_case,
+    )  # fmt: skip
     assert out.read_text() == text
     assert "| case | naive steps/s | single steps/s (ratio) | K=1 run-steps/s (ratio)" in text
     assert "## parity" in text and "## addition" in text
@@ -79,6 +81,14 @@ def test_run_bench_writes_table(tmp_path, capsys):
     numbers = [float(c.split()[0].replace(",", "")) for c in row.split("|")[2:-1]]
     assert len(numbers) == 4 and all(n > 0 for n in numbers)
     assert "parity act tau=1e-2" in capsys.readouterr().out
+    assert "## parity ACT ensembles of 16 by how their members ponder" in text
+    profiles = [line for line in text.splitlines() if line.startswith(("| every", "| 15 "))]
+    assert [p.split(" | ")[0] for p in profiles] == [
+        "| every member halts at once",
+        "| every member ponders 6 steps",
+        "| 15 halt at once, 1 ponders 6",
+    ]
+    assert profiles[0].split(" | ")[3] == "1.00x"  # the at-once case against itself
 
 
 def test_add_parser_defaults():

@@ -163,3 +163,52 @@ def test_group_key():
     a = resolve(RunConfig(model="act", tau=0.1, seed=1))
     assert a.ensemble_key() == dataclasses.replace(a, tau=0.01, seed=4).ensemble_key()
     assert a.ensemble_key() != dataclasses.replace(a, hidden=64).ensemble_key()
+
+
+def _mixed_ponder_nets(cell: str, biases=(5.0, -2.0, 5.0, 0.5)):
+    """Networks whose halting unit ignores y: bias 5 halts every sample at step 1
+    (sigmoid(5) > 1 - eps), -2 ponders 9 steps, 0.5 two; float64 so sums compare tightly."""
+    spec = ModelSpec(6, 1, model="act", cell=cell, hidden=10, max_ponder=12)
+    nets = [build_model(spec, "tf", torch.Generator().manual_seed(s)).double() for s in range(4)]
+    for net, bias in zip(nets, biases, strict=True):
+        with torch.no_grad():
+            net.core.halting.weight.zero_()
+            net.core.halting.bias.fill_(bias)
+    return nets
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_members_that_ponder_differently_equal_their_networks_in_value_and_gradient(cell):
+    nets = _mixed_ponder_nets(cell)
+    ens = ensemble.Ensemble(nets)
+    x = torch.randn(4, 7, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    logits, info = ens(x)
+    (logits.square().sum() + info["ponder_cost"].sum()).backward()
+    assert info["ponder_steps"][:, 0, 0].tolist() == [1.0, 9.0, 1.0, 2.0]
+    for k, net in enumerate(nets):
+        want, want_info = net(x[k])
+        (want.square().sum() + want_info["ponder_cost"].sum()).backward()
+        torch.testing.assert_close(logits[k], want, rtol=1e-12, atol=1e-12)
+        for key in ("ponder_steps", "ponder_cost", "repetitions"):
+            torch.testing.assert_close(info[key][k], want_info[key], rtol=1e-12, atol=1e-12)
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(ens.p(name).grad[k], p.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_a_ponder_step_computes_only_the_members_still_pondering(monkeypatch):
+    nets = _mixed_ponder_nets("rnn")
+    ens = ensemble.Ensemble(nets)
+    computed = []  # (members, rows) of every ponder step's recurrence
+    real = ensemble._recur
+
+    def counting(kind, gi, h, w_hh, b_hh, state):
+        computed.append(tuple(h.shape[:2]))
+        return real(kind, gi, h, w_hh, b_hh, state)
+
+    monkeypatch.setattr(ensemble, "_recur", counting)
+    x = torch.randn(4, 7, 2, 6, dtype=torch.float64)
+    ens(x)
+    # Per token: step 1 computes all 4 members x 7 samples; step 2 the two that ponder on
+    # (members 1 and 3); steps 3..9 only member 1, the one that ponders 9 steps.
+    per_token = [(4, 7), (2, 7)] + [(1, 7)] * 7
+    assert computed == per_token * 2

@@ -9,8 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from test_report import find, read_csv
-from test_results import make_paper_sweep, make_run, tiny_config
+from sweeps import find, make_paper_sweep, make_run, read_csv, tiny_config
 
 from ponder import figures, report, rundir, train
 

@@ -4,25 +4,13 @@ input. The run directories are ``test_results``'s."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_results import make_paper_sweep, make_run
+from sweeps import find, make_paper_sweep, make_run, read_csv
 
 from ponder import metrics, report, results, rundir
-
-
-def read_csv(sweep: Path) -> list[dict[str, str]]:
-    with (sweep / report.REPORT_CSV).open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def find(rows: list[dict[str, str]], **match: str) -> dict[str, str]:
-    hits = [r for r in rows if all(r[k] == v for k, v in match.items())]
-    assert len(hits) == 1, (match, hits)
-    return hits[0]
 
 
 @pytest.fixture

@@ -35,6 +35,9 @@ def test_full_grid_merges_the_table_and_figure_grids():
 def test_quick_only_for_parity(capsys, tmp_path):
     assert main(["reproduce", "addition", "--quick", "--out", str(tmp_path)]) == 2
     assert "--quick reproduces parity only" in capsys.readouterr().err
+    assert main(["reproduce", "parity", "--quick", "--seeds", "5", "--out", str(tmp_path)]) == 2
+    assert "--quick runs 3 seeds" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_reproduce_runs_the_sweep_and_writes_the_report(tmp_path, monkeypatch, tiny_grid):

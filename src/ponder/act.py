@@ -22,7 +22,10 @@ the cap M the weights still sum to 1 (p^M = R); for an LSTM both h and c are ave
 Halting is per sample: a sample that has halted keeps its state and output while the others go
 on, and the loop for a token ends when every sample has halted. Each ponder step computes only
 the samples still running (gathered into a compact set), so the few samples that ponder long do
-not make the whole batch pay for every step.
+not make the whole batch pay for every step. For an ensemble of K runs (``ponder.ensemble``)
+the compact set is also over runs: a run none of whose samples still ponders drops out of the
+step (its weights are no longer gathered), so a step costs about what its members ponder, not
+K times its slowest member.
 
 Deciding that the loop has ended reads one number per ponder step on the host. A CUDA graph
 cannot, so ``unroll=U`` runs exactly U ponder steps over every sample instead (halted ones masked,
@@ -144,10 +147,10 @@ class ACT(nn.Module):
         flag = x_t.new_ones(x_t.shape[0], 1)
         first, later = torch.cat([flag, x_t], 1), torch.cat([flag * 0, x_t], 1)  # x_t^1, x_t^n>1
 
-        def step(n: int, s: State, rows: torch.Tensor | None) -> State:
+        def step(n: int, s: State, rows: torch.Tensor | None, members: None) -> State:
             return self.cell(take_rows(first if n == 1 else later, rows), s)
 
-        def halt(y: torch.Tensor) -> torch.Tensor:
+        def halt(y: torch.Tensor, members: None) -> torch.Tensor:
             return torch.sigmoid(self.halting(y)).squeeze(-1)
 
         return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps, unroll, probs)
@@ -160,8 +163,20 @@ def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return t.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, t.shape[-1]))
 
 
-def _add_rows(full: torch.Tensor, rows: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
-    """``full`` plus ``part`` added at ``rows`` (along the sample axis of ``part``'s rank)."""
+def _add_rows(
+    full: torch.Tensor,
+    rows: torch.Tensor | None,
+    part: torch.Tensor,
+    members: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``full`` plus ``part`` added at ``rows`` (along the sample axis of ``part``'s rank) of
+    the runs ``members`` (``full [K, B, ...]``, ``part [K', R, ...]``; None: all of them)."""
+    if members is not None:  # one index over (run, sample) pairs of the flattened [K * B]
+        k, b = full.shape[:2]
+        cols = torch.arange(b, device=full.device).expand(len(members), b) if rows is None else rows
+        flat = (members.unsqueeze(1) * b + cols).flatten()
+        added = full.flatten(0, 1).index_add(0, flat, part.flatten(0, 1))
+        return added.view(full.shape)
     if rows is None:
         return full + part
     if part.dim() == rows.dim():  # per-sample values [..., R]
@@ -170,8 +185,8 @@ def _add_rows(full: torch.Tensor, rows: torch.Tensor | None, part: torch.Tensor)
 
 
 def ponder_token(
-    step: Callable[[int, State, torch.Tensor | None], State],
-    halt: Callable[[torch.Tensor], torch.Tensor],
+    step: Callable[[int, State, torch.Tensor | None, torch.Tensor | None], State],
+    halt: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
     s_prev: State,
     epsilon: float,
     max_steps: int,
@@ -180,24 +195,26 @@ def ponder_token(
 ):
     """ACT for one token: ponder until every sample has halted.
 
-    ``step(n, s, rows)`` is s_t^n = S(s, x_t^n) for the sample rows ``rows`` (``[..., R]``
-    indices into the batch, None for all; the caller owns x_t and its first-step flag),
-    ``halt(y) -> h`` the halting unit. States are ``[..., B, hidden]`` with any leading dims (a
-    batch, or runs x batch for an ensemble). Returns y_t ``[..., B, hidden]``, s_t, N(t) and
-    R(t) ``[..., B]``, p_t ``[..., B, N]`` (None unless ``probs``) and ``overflow`` (None, or
-    with ``unroll`` a bool scalar: some sample was still running after ``unroll`` steps).
+    ``step(n, s, rows, members)`` is s_t^n = S(s, x_t^n) for the sample rows ``rows``
+    (``[..., R]`` indices into the batch, None for all; the caller owns x_t and its first-step
+    flag) of the runs ``members`` (``[K']`` indices into an ensemble's K, None for all), and
+    ``halt(y, members) -> h`` the halting unit. States are ``[B, hidden]`` (a batch) or
+    ``[K, B, hidden]`` (runs x batch, an ensemble). Returns y_t ``[..., B, hidden]``, s_t, N(t)
+    and R(t) ``[..., B]``, p_t ``[..., B, N]`` (None unless ``probs``) and ``overflow`` (None,
+    or with ``unroll`` a bool scalar: some sample was still running after ``unroll`` steps).
 
     Only the samples still running are computed: once some have halted, the rest are gathered
-    into ``rows`` (per leading index, padded with halted rows whose p is 0), so a few samples
-    that ponder long cost little. Halted samples' s_t and y_t no longer change. With ``unroll``
-    every sample is computed on each of exactly ``min(unroll, max_steps)`` steps and nothing is
-    read on the host.
+    into ``rows`` (per run, padded with halted rows whose p is 0), and runs with no sample
+    still running leave ``members``, so a few samples that ponder long cost little. Halted
+    samples' s_t and y_t no longer change. With ``unroll`` every sample is computed on each of
+    exactly ``min(unroll, max_steps)`` steps and nothing is read on the host.
     """
     y_prev = _output(s_prev)
     lead = y_prev.shape[:-1]  # (..., B)
     one_minus_eps = 1.0 - epsilon
     # Per row of the compact set (all B rows at first): still running, sum_{n'<n} h_t^n'.
     rows: torch.Tensor | None = None
+    members: torch.Tensor | None = None  # an ensemble's runs still computed (None: all)
     running = torch.ones(lead, dtype=torch.bool, device=y_prev.device)
     cum_h = y_prev.new_zeros(lead)  # (with gradient)
     # Per sample: N(t), R(t) and s_t = sum_n p_t^n s_t^n (y_t is its output part).
@@ -208,8 +225,8 @@ def ponder_token(
     s = s_prev
     last = max_steps if unroll is None else min(unroll, max_steps)
     for n in range(1, last + 1):
-        s = step(n, s, rows)  # s_t^n of the compact rows
-        h = halt(_output(s))  # h_t^n from y_t^n
+        s = step(n, s, rows, members)  # s_t^n of the compact rows
+        h = halt(_output(s), members)  # h_t^n from y_t^n
         # The test includes h_t^n: a sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
         # or at the cap M.
         if n == max_steps:
@@ -223,18 +240,27 @@ def ponder_token(
         r_n = torch.where(halts, 1.0 - cum_h, zero)
         p = torch.where(going_on, h, r_n)
         p_col = p.unsqueeze(-1)
-        s_mean = _map(lambda acc, new, w=p_col, r=rows: _add_rows(acc, r, w * new), s_mean, s)
-        remainder = _add_rows(remainder, rows, r_n)
-        steps = _add_rows(steps, rows, running.long())
+        s_mean = _map(
+            lambda acc, new, w=p_col, r=rows, m=members: _add_rows(acc, r, w * new, m), s_mean, s
+        )
+        remainder = _add_rows(remainder, rows, r_n, members)
+        steps = _add_rows(steps, rows, running.long(), members)
         if probs:
-            p_list.append(_add_rows(torch.zeros_like(remainder), rows, p))
+            p_list.append(_add_rows(torch.zeros_like(remainder), rows, p, members))
         cum_h = cum_h + torch.where(going_on, h, zero)
         running = going_on
         if unroll is not None:
             continue
-        left = int(running.sum(-1).max())  # the one host sync per ponder step
+        counts = running.sum(-1).tolist()  # the one host sync per ponder step
+        left = max(counts) if isinstance(counts, list) else counts
         if left == 0:
             break
+        if isinstance(counts, list) and 0 in counts:  # runs with nothing left to ponder drop out
+            keep = torch.tensor([i for i, c in enumerate(counts) if c], device=running.device)
+            members = keep if members is None else members[keep]
+            running, cum_h = running[keep], cum_h[keep]
+            rows = None if rows is None else rows[keep]
+            s = _map(lambda t, i=keep: t[i], s)
         if left < running.shape[-1]:  # keep only the rows still running (first, per index)
             order = torch.argsort((~running).to(torch.int8), dim=-1, stable=True)[..., :left]
             rows = order if rows is None else rows.gather(-1, order)

@@ -70,6 +70,19 @@ CASES = [
 ]
 
 
+# ACT ensembles by how their members ponder: (label, each member's halting bias). The halting
+# unit's weights start at zero, so h = sigmoid(bias) on every step: +5 halts every sample at
+# the first step (h > 1 - eps), -1.6 after six (6 x 0.168 >= 0.99). Training moves them little
+# over a benchmark's few hundred steps (Adam, lr 1e-3).
+HALT_AT_ONCE, PONDER_SIX = 5.0, -1.6
+PROFILES = [
+    ("every member halts at once", (HALT_AT_ONCE,) * 16),
+    ("every member ponders 6 steps", (PONDER_SIX,) * 16),
+    ("15 halt at once, 1 ponders 6", (HALT_AT_ONCE,) * 15 + (PONDER_SIX,)),
+]
+PROFILE_CASE = Case("act tau=1e-3", {"task": "parity", "model": "act", "tau": 1e-3})
+
+
 @dataclass(frozen=True)
 class Timing:
     """Warm-up steps, timed repeats and the seconds one repeat aims to take."""
@@ -220,9 +233,21 @@ def _init_net(config: RunConfig, spec, seed: int):
     return init_network(dataclasses.replace(config, seed=seed), spec, None)
 
 
-def naive_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
+@torch.no_grad()
+def _set_halting(weight: torch.Tensor, bias: torch.Tensor, value: float) -> None:
+    """A halting unit that starts at h = sigmoid(``value``) whatever y (see ``PROFILES``)."""
+    weight.zero_()
+    bias.fill_(value)
+
+
+def naive_step(
+    config: RunConfig, device: torch.device, halting_bias: float | None = None
+) -> Callable[[], None]:
     task, spec = build(config)
-    model = copy_weights(naive_model(config, task), _init_net(config, spec, 0)).to(device)
+    net = _init_net(config, spec, 0)
+    if halting_bias is not None:
+        _set_halting(net.core.halting.weight, net.core.halting.bias, halting_bias)
+    model = copy_weights(naive_model(config, task), net).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(derive_seed(0, "data"))  # data on the host
     tau = effective_tau(config)
@@ -244,10 +269,40 @@ def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
     return Single(dataclasses.replace(config, seed=0), None, device).stepper
 
 
-def ensemble_step(config: RunConfig, device: torch.device, k: int) -> Callable[[], None]:
-    """The training loop's step for K runs, seeds 0..K-1 (``ensemble.Stacked``)."""
+def ensemble_step(
+    config: RunConfig, device: torch.device, k: int, halting_biases: tuple[float, ...] = ()
+) -> Callable[[], None]:
+    """The training loop's step for K runs, seeds 0..K-1 (``ensemble.Stacked``); member i's
+    halting unit set by ``halting_biases[i]`` when given (see ``PROFILES``)."""
     configs = [dataclasses.replace(config, seed=seed) for seed in range(k)]
-    return Stacked(configs, [None] * k, device).stepper
+    eng = Stacked(configs, [None] * k, device)
+    for i, value in enumerate(halting_biases):
+        weight, bias = eng.ens.p("core.halting.weight"), eng.ens.p("core.halting.bias")
+        _set_halting(weight[i], bias[i], value)
+    return eng.stepper
+
+
+def profile_rows(
+    device: torch.device, timing: Timing, case: Case = PROFILE_CASE
+) -> list[list[str]]:
+    """ACT ensembles of ``PROFILES``: each one's step time, its rate, its ratio to the ensemble
+    whose members all halt at once, and to a naive sweep training its members one by one."""
+    config = case.config(device.type)
+    naive = {b: naive_step(config, device, b) for b in {b for _, bs in PROFILES for b in bs}}
+    steps = {label: ensemble_step(config, device, len(bs), bs) for label, bs in PROFILES}
+    got = measure_against({**steps, **{f"naive {b}": f for b, f in naive.items()}},
+                          PROFILES[0][0], device, timing)  # fmt: skip
+    rows = []
+    for label, biases in PROFILES:
+        rate, vs_at_once = got[label]
+        # a naive sweep of these members: one naive step per member, one after another
+        sweep_s = sum(1.0 / got[f"naive {b}"][0] for b in biases)
+        cells = [label, f"{1000 / rate:.1f}", _rate(len(biases) * rate)]
+        cells += [f"{1 / vs_at_once:.2f}x", _ratio(rate * sweep_s)]
+        print(f"parity ACT K={len(biases)} {label:<30} {cells[1]:>7} ms/step "
+              f"({cells[3]} the at-once case, {cells[4]} a naive sweep)", flush=True)  # fmt: skip
+        rows.append(cells)
+    return rows
 
 
 def _sync(device: torch.device) -> None:
@@ -339,6 +394,7 @@ def run_bench(
     _cases: list[Case] | None = None,
     _timing: Timing | None = None,
     _ks: tuple[int, ...] | None = None,
+    _profile_case: Case | bool = PROFILE_CASE,
 ) -> str:
     """Time every case, print a line per measurement, write ``out``; returns its markdown."""
     dev = resolve_device(device)
@@ -375,14 +431,15 @@ def run_bench(
         rows.setdefault(task_name, []).append(cells)
         # the rate a sweep gets: the faster of one run at a time and the best ensemble
         best_ensemble.setdefault(task_name, []).append(max([single, *run_rates]))
+    profiles = profile_rows(dev, timing, _profile_case) if _profile_case is not False else []
     elapsed = time.perf_counter() - started
-    text = _markdown(quick, dev, rows, best_ensemble, all_ks, elapsed)
+    text = _markdown(quick, dev, rows, best_ensemble, all_ks, elapsed, profiles)
     Path(out).write_text(text)
     print(f"wrote {out} ({elapsed:.0f} s)", flush=True)
     return text
 
 
-def _markdown(quick, dev, rows, best_ensemble, ks, elapsed) -> str:
+def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "ponder bench" + (" --quick" if quick else "") + f" --device {dev.type}"
     lines = [
@@ -411,6 +468,23 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed) -> str:
             "(the slowest addition case's best measured path, single run or ensemble) = "
             f"{hours:,.1f} hours. "
             "This is an upper bound: runs stop when solved, most long before 2M steps.",
+            "",
+        ]
+    if profiles:
+        k = len(PROFILES[0][1])
+        lines += [
+            f"## parity ACT ensembles of {k} by how their members ponder",
+            "",
+            "| members | ms per step | run-steps/s | step time / all halt at once | "
+            "rate vs a naive sweep of the same runs |",
+            "|---|---|---|---|---|",
+            *("| " + " | ".join(r) + " |" for r in profiles),
+            "",
+            "Each member's halting unit starts at h = sigmoid(bias) whatever its input (weights "
+            f"zero; bias {HALT_AT_ONCE:g}: halts at the first ponder step, {PONDER_SIX:g}: after "
+            "six). A ponder step computes only the members and samples still pondering, so one "
+            "slow member no longer makes the others pay for its steps. The naive sweep trains "
+            "the same members one after another with the naive reference.",
             "",
         ]
     lines += [

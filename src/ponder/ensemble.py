@@ -11,9 +11,9 @@ What holds, and what the tests check: a member draws the same batches and comput
 equations as the single run, but not bitwise. The batched matmuls sum in another order than
 PyTorch's fused RNN kernels and than one run's matmuls, and ACT's compaction pads the rows of
 the samples still pondering across all members, so a member's numbers depend on its companions
-at the level of float rounding (about 1e-7 relative per step in float32). Over training such
-differences can grow where a run is chaotic; each run directory's engine.json records which
-engine trained it and beside which companions.
+at the level of float rounding (measured: up to 4e-6 of a weight's scale after one step on
+parity, float32). Over training such differences can grow where a run is chaotic; each run
+directory's engine.json records which engine trained it and beside which companions.
 
 The recurrences are written with batched matmuls over ``[K, B, ...]``; ACT's halting loop is
 ``act.ponder_token`` itself, run over runs x samples, so the loop for a token ends when every
@@ -160,18 +160,22 @@ class Ensemble(nn.Module):
         # x_t's projection is the same on every ponder step: compute it once per token.
         g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
 
-        def halt(y):
-            return torch.sigmoid(_linear(y, w_halt, b_halt)).squeeze(-1)
+        def of(t: torch.Tensor, members: torch.Tensor | None) -> torch.Tensor:
+            return t if members is None else t[members]  # the runs still pondering
+
+        def halt(y, members):
+            return torch.sigmoid(_linear(y, of(w_halt, members), of(b_halt, members))).squeeze(-1)
 
         state = self._zero_state(x)
         outs, steps, rems, overflow = [], [], [], []
         for t in range(x.shape[2]):
             g_first, g_later = g_tokens[t] + w_flag, g_tokens[t]
 
-            def step(n, s, rows, g_first=g_first, g_later=g_later):
+            def step(n, s, rows, members, g_first=g_first, g_later=g_later):
                 h = s[0] if isinstance(s, tuple) else s
-                gi = take_rows(g_first if n == 1 else g_later, rows)
-                return _recur(self.spec.cell, gi, h, w_hh, b_hh, s)
+                gi = take_rows(of(g_first if n == 1 else g_later, members), rows)
+                b = of(b_hh, members) if not fold else None  # folded into gi otherwise
+                return _recur(self.spec.cell, gi, h, of(w_hh, members), b, s)
 
             y, state, n_t, r_t, _, o_t = ponder_token(
                 step, halt, state, self.spec.epsilon, self.spec.max_ponder, unroll, probs=False

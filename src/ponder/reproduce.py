@@ -131,6 +131,8 @@ def reproduce(
     names = list(FULL_GRIDS) if what == "all" else [what]
     if quick and names != ["parity"]:
         raise ConfigError("--quick reproduces parity only: use `ponder reproduce parity --quick`")
+    if quick and seeds is not None:
+        raise ConfigError(f"--quick runs {QUICK.seeds} seeds; --seeds is for the full protocol")
     out = Path(out)
     plans = []
     for task in names:

@@ -31,6 +31,14 @@ from .config import TASK_DEFAULTS, RunConfig
 from .rundir import RunError
 
 STATUSES = ("finished", "diverged", "failed", "unfinished")
+# A run directory's status (``rundir.status``) as the report names it.
+REPORT_STATUS = {
+    "done": "finished",
+    "diverged": "diverged",
+    "failed": "failed",
+    "partial": "unfinished",
+    "new": "unfinished",
+}
 CHUNK = 250  # sequences per forward pass when probing trained networks
 
 # The problems the papers trained on (SPEC.md); the task classes' defaults are the same values.
@@ -167,21 +175,8 @@ def read_run(run_dir: Path) -> RunResult:
     )
     i = metrics.first_crossing(column("eval_accuracy"), config.solve_threshold)
 
-    error = rundir.read_error(run_dir)
-    if error is not None:
-        status = "failed"
-    else:
-        error = ""
-        try:
-            summary = rundir.read_summary(run_dir)
-        except RunError:
-            summary = None  # a corrupt summary: the run has to finish again
-        if summary is None:
-            status = "unfinished"
-        elif summary.get("diverged"):
-            status = "diverged"
-        else:
-            status = "finished"
+    status = REPORT_STATUS[rundir.status(run_dir, config)]
+    error = (rundir.read_error(run_dir) or "") if status == "failed" else ""
     last = rows[-1] if rows else {}
     return RunResult(
         path=run_dir,
