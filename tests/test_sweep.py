@@ -161,7 +161,13 @@ def test_plan_batches_runs_of_one_shape(grid_file, tmp_path):
     # rnn (3 seeds), act (2 taus x 3 seeds, one shape), repeat rho 2 and rho 3 (3 seeds each)
     assert by_size == [3, 3, 3, 6]
     assert len(sweep.plan_jobs(grid.runs, tmp_path, batch=1)) == 15
-    assert sorted(len(j) for j in sweep.plan_jobs(grid.runs, tmp_path, batch=4)) == [2, 3, 3, 3, 4]
+    # ceil(6 / 4) = 2 ACT ensembles of 3, the seeds of one tau together (largest tau first)
+    four = sweep.plan_jobs(grid.runs, tmp_path, batch=4)
+    assert sorted(len(j) for j in four) == [3, 3, 3, 3, 3]
+    act = [[(c.tau, c.seed) for c, _ in j] for j in four if j[0][0].model == "act"]
+    assert act == [[(0.1, 0), (0.1, 1), (0.1, 2)], [(0.01, 0), (0.01, 1), (0.01, 2)]]
+    five = [len(j) for j in sweep.plan_jobs(grid.runs, tmp_path, batch=5) if j[0][0].model == "act"]
+    assert five == [3, 3]  # near-equal sizes, not 5 and 1
     # an LSTM of 512 cells trains alone on a CPU, where batching it is slower
     big = sweep.load_grid(sweep.builtin_grid("addition-table"), seeds=2, device="cpu")
     assert all(len(j) == 1 for j in sweep.plan_jobs(big.runs, tmp_path, batch=16))

@@ -163,18 +163,21 @@ def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return t.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, t.shape[-1]))
 
 
+def _flat_index(members: torch.Tensor, rows: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """The (run, sample) pairs of the compact set as indices into a flattened ``[K * B]``."""
+    cols = torch.arange(batch, device=members.device) if rows is None else rows
+    return (members.unsqueeze(1) * batch + cols).flatten()
+
+
 def _add_rows(
     full: torch.Tensor,
     rows: torch.Tensor | None,
     part: torch.Tensor,
-    members: torch.Tensor | None = None,
+    flat: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``full`` plus ``part`` added at ``rows`` (along the sample axis of ``part``'s rank) of
-    the runs ``members`` (``full [K, B, ...]``, ``part [K', R, ...]``; None: all of them)."""
-    if members is not None:  # one index over (run, sample) pairs of the flattened [K * B]
-        k, b = full.shape[:2]
-        cols = torch.arange(b, device=full.device).expand(len(members), b) if rows is None else rows
-        flat = (members.unsqueeze(1) * b + cols).flatten()
+    """``full`` plus ``part`` added at ``rows`` (along the sample axis of ``part``'s rank); with
+    ``flat`` (``_flat_index``), ``full [K, B, ...]`` plus ``part [K', R, ...]`` at those pairs."""
+    if flat is not None:
         added = full.flatten(0, 1).index_add(0, flat, part.flatten(0, 1))
         return added.view(full.shape)
     if rows is None:
@@ -182,6 +185,13 @@ def _add_rows(
     if part.dim() == rows.dim():  # per-sample values [..., R]
         return full.scatter_add(-1, rows, part)
     return full.scatter_add(-2, rows.unsqueeze(-1).expand_as(part), part)
+
+
+def _add_sums(totals: tuple, sums: tuple, rows: torch.Tensor | None, flat: torch.Tensor | None):
+    """Per-sample ``(s_t, R(t), N(t))`` plus the compact set's sums, added at its rows."""
+    (s_mean, remainder, steps), (c_mean, c_rem, c_steps) = totals, sums
+    s_mean = _map(lambda acc, c: _add_rows(acc, rows, c, flat), s_mean, c_mean)
+    return s_mean, _add_rows(remainder, rows, c_rem, flat), _add_rows(steps, rows, c_steps, flat)
 
 
 def ponder_token(
@@ -215,12 +225,16 @@ def ponder_token(
     # Per row of the compact set (all B rows at first): still running, sum_{n'<n} h_t^n'.
     rows: torch.Tensor | None = None
     members: torch.Tensor | None = None  # an ensemble's runs still computed (None: all)
+    flat: torch.Tensor | None = None  # with members: the compact set's (run, sample) pairs
     running = torch.ones(lead, dtype=torch.bool, device=y_prev.device)
     cum_h = y_prev.new_zeros(lead)  # (with gradient)
-    # Per sample: N(t), R(t) and s_t = sum_n p_t^n s_t^n (y_t is its output part).
+    # Per sample: N(t), R(t) and s_t = sum_n p_t^n s_t^n (y_t is its output part). The sums
+    # run over the compact set's rows (c_*) and are added into these per-sample totals only
+    # when that set changes: a ponder step then touches only the rows it computes.
     steps = torch.zeros(lead, dtype=torch.long, device=y_prev.device)
     remainder = y_prev.new_zeros(lead)
     s_mean = _map(torch.zeros_like, s_prev)
+    c_steps, c_rem, c_mean = steps, remainder, s_mean  # at first the compact set is every row
     p_list = []
     s = s_prev
     last = max_steps if unroll is None else min(unroll, max_steps)
@@ -229,33 +243,38 @@ def ponder_token(
         h = halt(_output(s), members)  # h_t^n from y_t^n
         # The test includes h_t^n: a sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
         # or at the cap M.
+        cum_next = cum_h + h  # sum_{n'<=n} h_t^n'
         if n == max_steps:
             halts = running
         else:
-            halts = running & (cum_h + h >= one_minus_eps)
+            halts = running & (cum_next >= one_minus_eps)
         going_on = running & ~halts
         # p_t^n: h_t^n while going on, R(t) = 1 - sum_{n'<n} h when halting, 0 for padding.
         # The last h_t^N gets no gradient: where() takes 1 - cum_h for halting samples.
-        zero = torch.zeros_like(h)
-        r_n = torch.where(halts, 1.0 - cum_h, zero)
+        r_n = torch.where(halts, 1.0 - cum_h, 0.0)
         p = torch.where(going_on, h, r_n)
         p_col = p.unsqueeze(-1)
-        s_mean = _map(
-            lambda acc, new, w=p_col, r=rows, m=members: _add_rows(acc, r, w * new, m), s_mean, s
-        )
-        remainder = _add_rows(remainder, rows, r_n, members)
-        steps = _add_rows(steps, rows, running.long(), members)
+        c_mean = _map(lambda acc, new, w=p_col: torch.addcmul(acc, w, new), c_mean, s)
+        c_rem = c_rem + r_n
+        c_steps = c_steps + running
         if probs:
-            p_list.append(_add_rows(torch.zeros_like(remainder), rows, p, members))
-        cum_h = cum_h + torch.where(going_on, h, zero)
+            p_list.append(_add_rows(torch.zeros_like(remainder), rows, p, flat))
+        cum_h = torch.where(going_on, cum_next, cum_h)
         running = going_on
         if unroll is not None:
             continue
         counts = running.sum(-1).tolist()  # the one host sync per ponder step
         left = max(counts) if isinstance(counts, list) else counts
+        drop = isinstance(counts, list) and 0 in counts  # runs with nothing left to ponder
         if left == 0:
             break
-        if isinstance(counts, list) and 0 in counts:  # runs with nothing left to ponder drop out
+        if not (drop or left < running.shape[-1]):
+            continue
+        # The compact set changes: its sums go into the totals, and start afresh.
+        s_mean, remainder, steps = _add_sums(
+            (s_mean, remainder, steps), (c_mean, c_rem, c_steps), rows, flat
+        )
+        if drop:
             keep = torch.tensor([i for i, c in enumerate(counts) if c], device=running.device)
             members = keep if members is None else members[keep]
             running, cum_h = running[keep], cum_h[keep]
@@ -266,6 +285,13 @@ def ponder_token(
             rows = order if rows is None else rows.gather(-1, order)
             running, cum_h = running.gather(-1, order), cum_h.gather(-1, order)
             s = _map(lambda t, o=order: take_rows(t, o), s)
+        if members is not None:
+            flat = _flat_index(members, rows, lead[-1])
+        c_mean = _map(torch.zeros_like, s)
+        c_rem, c_steps = torch.zeros_like(cum_h), torch.zeros_like(running, dtype=torch.long)
+    s_mean, remainder, steps = _add_sums(
+        (s_mean, remainder, steps), (c_mean, c_rem, c_steps), rows, flat
+    )
     overflow = None if unroll is None else running.any()
     p_t = torch.stack(p_list, -1) if probs else None
     return _output(s_mean), s_mean, steps, remainder, p_t, overflow

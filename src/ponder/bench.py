@@ -71,9 +71,8 @@ CASES = [
 
 
 # ACT ensembles by how their members ponder: (label, each member's halting bias). The halting
-# unit's weights start at zero, so h = sigmoid(bias) on every step: +5 halts every sample at
-# the first step (h > 1 - eps), -1.6 after six (6 x 0.168 >= 0.99). Training moves them little
-# over a benchmark's few hundred steps (Adam, lr 1e-3).
+# unit's weights are set to zero before every timed step, so h = sigmoid(bias) on every ponder
+# step: +5 halts every sample at the first (h > 1 - eps), -1.6 after six (6 x 0.168 >= 0.99).
 HALT_AT_ONCE, PONDER_SIX = 5.0, -1.6
 PROFILES = [
     ("every member halts at once", (HALT_AT_ONCE,) * 16),
@@ -233,21 +232,28 @@ def _init_net(config: RunConfig, spec, seed: int):
     return init_network(dataclasses.replace(config, seed=seed), spec, None)
 
 
-@torch.no_grad()
-def _set_halting(weight: torch.Tensor, bias: torch.Tensor, value: float) -> None:
-    """A halting unit that starts at h = sigmoid(``value``) whatever y (see ``PROFILES``)."""
-    weight.zero_()
-    bias.fill_(value)
+def _holding(
+    step: Callable[[], None], weight: torch.Tensor, bias: torch.Tensor, values: list[float]
+) -> Callable[[], None]:
+    """``step`` with the halting unit(s) set to h = sigmoid(bias) whatever y before each call
+    (weights zero, biases ``values``, one per member): a ponder profile (``PROFILES``) then
+    holds however long it is timed, instead of drifting as Adam trains the halting unit."""
+    target = torch.tensor(values, dtype=bias.dtype, device=bias.device).view(bias.shape)
+
+    def held() -> None:
+        with torch.no_grad():
+            weight.zero_()
+            bias.copy_(target)
+        step()
+
+    return held
 
 
 def naive_step(
     config: RunConfig, device: torch.device, halting_bias: float | None = None
 ) -> Callable[[], None]:
     task, spec = build(config)
-    net = _init_net(config, spec, 0)
-    if halting_bias is not None:
-        _set_halting(net.core.halting.weight, net.core.halting.bias, halting_bias)
-    model = copy_weights(naive_model(config, task), net).to(device)
+    model = copy_weights(naive_model(config, task), _init_net(config, spec, 0)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(derive_seed(0, "data"))  # data on the host
     tau = effective_tau(config)
@@ -261,7 +267,9 @@ def naive_step(
         loss.backward()
         opt.step()
 
-    return step
+    if halting_bias is None:
+        return step
+    return _holding(step, model.halt.weight, model.halt.bias, [halting_bias])
 
 
 def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
@@ -276,10 +284,10 @@ def ensemble_step(
     halting unit set by ``halting_biases[i]`` when given (see ``PROFILES``)."""
     configs = [dataclasses.replace(config, seed=seed) for seed in range(k)]
     eng = Stacked(configs, [None] * k, device)
-    for i, value in enumerate(halting_biases):
-        weight, bias = eng.ens.p("core.halting.weight"), eng.ens.p("core.halting.bias")
-        _set_halting(weight[i], bias[i], value)
-    return eng.stepper
+    if not halting_biases:
+        return eng.stepper
+    weight, bias = eng.ens.p("core.halting.weight"), eng.ens.p("core.halting.bias")
+    return _holding(eng.stepper, weight, bias, list(halting_biases))
 
 
 def profile_rows(
@@ -480,9 +488,10 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
             "|---|---|---|---|---|",
             *("| " + " | ".join(r) + " |" for r in profiles),
             "",
-            "Each member's halting unit starts at h = sigmoid(bias) whatever its input (weights "
-            f"zero; bias {HALT_AT_ONCE:g}: halts at the first ponder step, {PONDER_SIX:g}: after "
-            "six). A ponder step computes only the members and samples still pondering, so one "
+            "Before every timed step each member's halting unit is set to h = sigmoid(bias) "
+            f"whatever its input (weights zero; bias {HALT_AT_ONCE:g}: halts at the first ponder "
+            f"step, {PONDER_SIX:g}: after six), so the profile holds while it is timed. "
+            "A ponder step computes only the members and samples still pondering, so one "
             "slow member no longer makes the others pay for its steps. The naive sweep trains "
             "the same members one after another with the naive reference.",
             "",

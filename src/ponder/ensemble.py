@@ -160,11 +160,21 @@ class Ensemble(nn.Module):
         # x_t's projection is the same on every ponder step: compute it once per token.
         g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
 
-        def of(t: torch.Tensor, members: torch.Tensor | None) -> torch.Tensor:
-            return t if members is None else t[members]  # the runs still pondering
+        gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def of(name: str, t: torch.Tensor, members: torch.Tensor | None) -> torch.Tensor:
+            """``t`` of the runs still pondering, gathered once per set of runs (``members``
+            changes only when some run drops out; the cache holds it, so ``is`` is safe)."""
+            if members is None:
+                return t
+            hit = gathered.get(name)
+            if hit is None or hit[0] is not members:
+                hit = gathered[name] = (members, t[members])
+            return hit[1]
 
         def halt(y, members):
-            return torch.sigmoid(_linear(y, of(w_halt, members), of(b_halt, members))).squeeze(-1)
+            w, b = of("w_halt", w_halt, members), of("b_halt", b_halt, members)
+            return torch.sigmoid(_linear(y, w, b)).squeeze(-1)
 
         state = self._zero_state(x)
         outs, steps, rems, overflow = [], [], [], []
@@ -173,9 +183,10 @@ class Ensemble(nn.Module):
 
             def step(n, s, rows, members, g_first=g_first, g_later=g_later):
                 h = s[0] if isinstance(s, tuple) else s
-                gi = take_rows(of(g_first if n == 1 else g_later, members), rows)
-                b = of(b_hh, members) if not fold else None  # folded into gi otherwise
-                return _recur(self.spec.cell, gi, h, of(w_hh, members), b, s)
+                g = of("g_later", g_later, members) if n > 1 else of("g1", g_first, members)
+                gi = take_rows(g, rows)
+                b = of("b_hh", b_hh, members) if not fold else None  # folded into gi otherwise
+                return _recur(self.spec.cell, gi, h, of("w_hh", w_hh, members), b, s)
 
             y, state, n_t, r_t, _, o_t = ponder_token(
                 step, halt, state, self.spec.epsilon, self.spec.max_ponder, unroll, probs=False

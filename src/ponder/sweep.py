@@ -436,7 +436,30 @@ def plan_jobs(
         resume = _resume_step(run_dir) if batched else None
         key = (r.config.ensemble_key(), resume) if resume is not None else (r.name,)
         groups.setdefault(key, []).append((r.config, run_dir))
-    return [g[i : i + batch] for g in groups.values() for i in range(0, len(g), batch)]
+    return [chunk for g in groups.values() for chunk in _ensembles(g, batch)]
+
+
+def _ensembles(
+    group: list[tuple[RunConfig, Path]], batch: int
+) -> list[list[tuple[RunConfig, Path]]]:
+    """A group of runs that can train together, as ceil(n / batch) ensembles of near-equal size
+    with the runs that ponder alike together: ACT's seeds of one tau side by side, taus from
+    the largest (which ponders least) to the smallest.
+
+    Why this split: a step of an ACT ensemble costs the kernel launches of its longest-
+    pondering member plus the arithmetic of what each member ponders (``act.ponder_token``
+    compacts over members too). The number of ensembles, not how taus are mixed, sets how many
+    launches a sweep pays, so we keep that at its least, ceil(n / batch), and order the runs so
+    that members which collapse to one ponder step (tau = 0.1, often 1e-2) do not share an
+    ensemble with, and wait on the extra steps of, members that ponder 4 to 6 (tau = 1e-3).
+    Near-equal sizes keep jobs that run side by side about equally long.
+    """
+    chunks = -(-len(group) // batch)
+    size = -(-len(group) // chunks)
+    from .engine import effective_tau
+
+    ordered = sorted(group, key=lambda run: (-effective_tau(run[0]), run[0].seed, str(run[1])))
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
 def worth_batching(config: RunConfig, on_gpu: bool) -> bool:
