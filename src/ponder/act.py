@@ -25,7 +25,7 @@ the samples still running (gathered into a compact set), so the few samples that
 not make the whole batch pay for every step. For an ensemble of K runs (``ponder.ensemble``)
 the compact set is also over runs: a run none of whose samples still ponders drops out of the
 step (its weights are no longer gathered), so a step costs about what its members ponder, not
-K times its slowest member.
+K times its slowest member (runs drop out once at least half of those computed are done).
 
 Deciding that the loop has ended reads one number per ponder step on the host. A CUDA graph
 cannot, so ``unroll=U`` runs exactly U ponder steps over every sample instead (halted ones masked,
@@ -265,7 +265,9 @@ def ponder_token(
             continue
         counts = running.sum(-1).tolist()  # the one host sync per ponder step
         left = max(counts) if isinstance(counts, list) else counts
-        drop = isinstance(counts, list) and 0 in counts  # runs with nothing left to ponder
+        # Runs with nothing left to ponder drop out when that at least halves the runs computed:
+        # gathering their weights anew costs kernels (and their backward) of its own.
+        drop = isinstance(counts, list) and 2 * counts.count(0) >= len(counts)
         if left == 0:
             break
         if not (drop or left < running.shape[-1]):

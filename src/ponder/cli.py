@@ -121,6 +121,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    from . import rundir
+
     if summary.get("diverged"):
         print(f"diverged (loss not finite near step {summary.get('diverged_near_step')})")
     solved = summary["solved"]
@@ -132,7 +134,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         + f", ponder cost {_fmt(summary['ponder_cost'])}"
         + f", repetitions {_fmt(summary['repetitions'])} after {summary['step']:,} steps"
     )
-    print(f"results in {out}/ (summary.json, metrics.csv, TensorBoard events)")
+    print(f"results in {out}/ ({rundir.SUMMARY}, {rundir.METRICS}, TensorBoard events)")
 
 
 def _fmt(x: float | None) -> str:

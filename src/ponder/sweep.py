@@ -545,7 +545,8 @@ def run_sweep(
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts().items()))
     print(f"sweep {grid.name}: {counts} -> {sweep_dir}")
     if result.unfinished:
-        print(f"not finished: {', '.join(result.unfinished)} (see error.txt in their directories)")
+        names = ", ".join(result.unfinished)
+        print(f"not finished: {names} (see {rundir.ERROR} in their directories)")
     return 0 if result.all_finished else 1
 
 
