@@ -7,7 +7,9 @@
 #   2. `ponder bench --quick --device cuda`, then the full bench as far as the time allows:
 #      single-run and ensemble (K = 1, 16, 64) throughput against the naive reference. Issue
 #      targets on one H100: single-run parity Repeat >= 10x and ACT >= 5x the naive reference,
-#      ensemble of 64 >= 100x, the addition table projected at <= 1 hour;
+#      ensemble of 64 >= 100x, the addition table projected at <= 1 hour; and parity ACT
+#      ensembles of 16 by how their members ponder (the graphed path keeps a fixed unroll over
+#      every run, so there one slow member still sets the step's cost: the table shows how much);
 #   3. the same short ACT run graphed and eager (--no-cuda-graphs): both must learn alike, and
 #      elapsed_s in their metrics.csv shows what the graphs buy end to end.
 # Results go to $OUT (or ./gpu-check): the BENCHMARKS files and the logs (7 files).
