@@ -136,6 +136,7 @@ def test_help_texts(capsys):
     reproduce_help = _help(capsys, "reproduce")
     assert "about 4 minutes on 2 CPU cores" in reproduce_help and "10 min" not in reproduce_help
     assert "OUT/parity and OUT/addition" in reproduce_help
+    assert "--budget" in reproduce_help and "smaller budget cannot reproduce" in reproduce_help
     assert "Write report.md" in _help(capsys, "report")
     for command in ("sweep", "reproduce"):
         assert "--no-cuda-graphs" in _help(capsys, command)
@@ -162,13 +163,11 @@ def test_bad_executor_flags_are_one_line(
 ):
     from ponder import reproduce, sweep
 
-    if command == "reproduce" and flag == "--budget":
-        pytest.skip("reproduce has no --budget")
     grid_file = tmp_path / "tiny.yaml"
     grid_file.write_text(tiny_grid)
     tiny = sweep.load_grid(grid_file, seeds=1, budget=10, progress=False)
     # were a bad flag let through, it would train this tiny stand-in, not the paper's grid
-    monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None: tiny)
+    monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None, budget=None: tiny)
     monkeypatch.setattr(reproduce, "estimate_hours", lambda grid, jobs: 0.0)
     out = tmp_path / "out"
     target = [str(grid_file)] if command == "sweep" else ["parity"]

@@ -27,14 +27,21 @@ def test_csv_numbers_and_paper_values(paper_sweep: Path) -> None:
 
     act = find(rows, model="act", tau="0.01")
     assert act["solved"] == "3/4"
-    assert (act["median_steps_to_solve"], act["iqr25_steps_to_solve"]) == ("20000", "15000")
-    assert act["iqr75_steps_to_solve"] == "30000"
+    assert (act["solved_k"], act["solved_n"]) == ("3", "4")
+    # Wilson, z = 1.959964: (0.75 + z^2/8 +- z sqrt(0.75 * 0.25 / 4 + z^2/64)) / (1 + z^2/4)
+    assert (act["solved_wilson_low"], act["solved_wilson_high"]) == ("0.3006", "0.9544")
+    # quartiles over all 4 seeds, the unfinished one censored (were 15000 and 30000: numpy's
+    # percentiles over the 3 solved seeds only)
+    assert (act["median_steps_to_solve"], act["iqr25_steps_to_solve"]) == ("20000", "10000")
+    assert act["iqr75_steps_to_solve"] == "40000"
     assert act["eval_solved"] == "3/4"
     assert act["median_eval_steps_to_solve"] == "25000"
     assert (act["iqr25_eval_steps_to_solve"], act["iqr75_eval_steps_to_solve"]) == (
-        "20000",
-        "35000",
+        "15000",
+        "45000",
     )
+    assert act["steps_followed"] == "60000"
+    assert act["provisional"] == "1 run unfinished"
     assert float(act["median_repetitions"]) == pytest.approx(1.8)
     assert float(act["median_ponder_steps"]) == pytest.approx(2.7)
     assert (act["finished"], act["unfinished"], act["diverged"], act["failed"]) == (
@@ -56,7 +63,10 @@ def test_csv_numbers_and_paper_values(paper_sweep: Path) -> None:
 
     rnn = find(rows, model="rnn")
     assert (rnn["tau"], rnn["rho"], rnn["runs"], rnn["solved"]) == ("", "1", "2", "0/2")
-    assert rnn["median_steps_to_solve"] == ""
+    assert rnn["median_steps_to_solve"] == ""  # not reached within...
+    assert rnn["steps_followed"] == "2000000"  # ...the budget both seeds ran to
+    assert (rnn["solved_wilson_low"], rnn["solved_wilson_high"]) == ("0", "0.6576")
+    assert rnn["provisional"] == ""
     assert (rnn["paper_solved"], rnn["paper_repetitions"]) == ("no", "1.00")
 
     rep = find(rows, model="repeat")
@@ -73,10 +83,15 @@ def test_markdown_table_in_the_papers_order(paper_sweep: Path) -> None:
     assert text.splitlines()[2] == "Nightly sweep."  # the caller's note at the top
     table = [line for line in text.splitlines() if line.startswith("| ")]
     labels = [line.split(" | ")[0][2:] for line in table[1:5]]
-    assert labels == ["RNN", "ACT tau=1e-1", "ACT tau=1e-2", "Repeat rho=2"]
+    assert labels == ["RNN", "ACT tau=1e-1", "ACT tau=1e-2*", "Repeat rho=2"]
     act = table[3]
-    assert "| 3/4 | 20k [15k-30k] | 25k [20k-35k] | 1.80 | 2.70 | 1 unfinished |" in act
+    # provisional (1 unfinished): marked *, with the reason under the table; k/n [Wilson 95%];
+    # quartiles over all seeds (were "| 3/4 | 20k [15k-30k] | 25k [20k-35k] |", solved only)
+    assert act.startswith("| ACT tau=1e-2* | 3/4 [0.30, 0.95] | 20k [10k, 40k] | 25k [15k, 45k] |")
+    assert "| 1.80 | 2.70 | 1 unfinished |" in act
     assert act.endswith("| yes | 53k | 1.81 |")
+    assert "\\* Provisional, the numbers may still change: ACT tau=1e-2 (1 run unfinished)." in text
+    assert table[1].startswith("| RNN | 0/2 [0.00, 0.66] | > 2000k | > 2000k |")
     assert "1 diverged, 1 failed" in table[4]
     assert "9 runs in 4 configurations, 1 to 4 seeds per configuration" in text
     assert "Step budget: 2,000,000 training steps per run." in text
@@ -112,9 +127,64 @@ def test_other_cell_and_rows_the_paper_lacks(tmp_path: Path) -> None:
     make_run(sweep, "odd-rho", model="repeat", rho=4)
     report.build_report(sweep, difficulty_samples=0)
     rows = read_csv(sweep)
-    assert find(rows, model="rnn")["paper_solved"] == "n/a (other cell)"
+    assert find(rows, model="rnn")["paper_solved"] == "differs: cell=gru"  # was "n/a (other cell)"
     assert find(rows, model="act")["paper_solved"] == ""
     assert find(rows, model="repeat")["paper_solved"] == ""
+
+
+def test_protocol_differences_replace_the_papers_numbers(tmp_path: Path) -> None:
+    sweep = tmp_path / "s"
+    make_run(sweep, "torch", solve_at=10_000, model="act", tau=0.01, init="torch")
+    make_run(sweep, "paper", solve_at=10_000, model="act", tau=0.001)
+    make_run(sweep, "rnn", model="rnn", epsilon=0.1, ponder_loss="sum")  # ACT's: ignored
+    text = report.build_report(sweep, difficulty_samples=0).read_text()
+    rows = read_csv(sweep)
+    torch_row = find(rows, model="act", tau="0.01")
+    assert torch_row["paper_solved"] == torch_row["paper_repetitions"] == "differs: init=torch"
+    assert find(rows, model="act", tau="0.001")["paper_solved"] == "yes"
+    assert find(rows, model="rnn")["paper_solved"] == "no"
+    line = next(x for x in text.splitlines() if x.startswith("| ACT tau=1e-2"))
+    assert line.endswith("| differs: init=torch |  |  |")  # said once
+
+
+def test_a_rare_solve_is_not_reported_fast(tmp_path: Path) -> None:
+    """1 of 5 seeds solved at 20k must not read faster than 5 of 5 at 30k."""
+    sweep = tmp_path / "s"
+    for seed in range(5):
+        once = 20_000 if seed == 0 else None
+        make_run(sweep, f"act-{seed}", model="act", tau=0.01, seed=seed, solve_at=once,
+                 eval_at=once)  # fmt: skip
+        make_run(sweep, f"rep-{seed}", model="repeat", rho=2, seed=seed, solve_at=30_000,
+                 eval_at=30_000)  # fmt: skip
+    text = report.build_report(sweep, difficulty_samples=0).read_text()
+    act = next(x for x in text.splitlines() if x.startswith("| ACT tau=1e-2"))
+    repeat = next(x for x in text.splitlines() if x.startswith("| Repeat rho=2"))
+    assert act.startswith("| ACT tau=1e-2 | 1/5 [0.04, 0.62] | > 2000k | > 2000k |")
+    assert repeat.startswith(
+        "| Repeat rho=2 | 5/5 [0.57, 1.00] | 30k [30k, 30k] | 30k [30k, 30k] |"
+    )
+    rows = read_csv(sweep)
+    assert find(rows, model="act")["median_steps_to_solve"] == ""
+    assert find(rows, model="repeat")["median_steps_to_solve"] == "30000"
+
+
+def test_provisional_when_fewer_points_than_the_window(tmp_path: Path) -> None:
+    sweep = tmp_path / "s"
+    make_run(sweep, "short", model="rnn", solve_window=71)  # 60 logs: smoothed over 59
+    text = report.build_report(sweep, difficulty_samples=0).read_text()
+    why = "1 run with fewer logged points than the 71-point window: smoothed over 59"
+    assert read_csv(sweep)[0]["provisional"] == why
+    assert f"\\* Provisional, the numbers may still change: RNN ({why})." in text
+    assert "| RNN* |" in text
+
+
+def test_steps_cell() -> None:
+    assert report.steps_cell(20_000, 10_000, 40_000, 60_000, 4) == "20k [10k, 40k]"
+    assert report.steps_cell(30_000, 20_000, None, 300_000, 5) == "30k [20k, > 300k]"
+    assert report.steps_cell(None, 20_000, None, 300_000, 5) == "> 300k [20k, > 300k]"
+    assert report.steps_cell(None, None, None, 300_000, 5) == "> 300k"
+    assert report.steps_cell(50_000, 50_000, 50_000, 60_000, 1) == "50k"
+    assert report.steps_cell(None, None, None, 60_000, 1) == "> 60k"
 
 
 def test_paper_criterion_uses_the_runs_own_window(tmp_path: Path) -> None:

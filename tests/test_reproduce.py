@@ -32,11 +32,31 @@ def test_full_grid_merges_the_table_and_figure_grids():
     assert all(r.config.steps == 2_000_000 for r in grid.runs)
 
 
+def test_full_grid_with_a_smaller_budget_says_what_it_cannot_reproduce():
+    grid = reproduce.full_grid("parity", seeds=1, budget=50_000)
+    assert len(grid.runs) == 1 + 7 + 11
+    assert all(r.config.steps == 50_000 for r in grid.runs)
+    assert "budget is 50,000 training steps per run instead of 2,000,000" in grid.note
+    assert "solved later than 50,000 steps cannot be solved here" in grid.note
+    # Table 1's rows solved after 50k: ACT 1e-2 (53k), 5e-3 (356k), 1e-3 (55k); Repeat is faster
+    assert (
+        "(Fojo et al. Table 1: ACT tau=1e-2 at 53k, ACT tau=5e-3 at 356k, ACT tau=1e-3 at 55k)"
+        in (grid.note)
+    )
+    assert reproduce.full_grid("parity", seeds=1).note == ""  # the paper's budget: nothing to say
+    assert "none of Fojo et al. Table 2's solved rows" in reproduce.budget_note("addition", 10**6)
+
+
 def test_quick_only_for_parity(capsys, tmp_path):
     assert main(["reproduce", "addition", "--quick", "--out", str(tmp_path)]) == 2
     assert "--quick reproduces parity only" in capsys.readouterr().err
     assert main(["reproduce", "parity", "--quick", "--seeds", "5", "--out", str(tmp_path)]) == 2
     assert "--quick runs 3 seeds" in capsys.readouterr().err
+    assert main(["reproduce", "parity", "--quick", "--budget", "500", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--budget is for the full protocol" in err
+    assert main(["reproduce", "parity", "--budget", "0", "--out", str(tmp_path)]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -82,7 +102,7 @@ def tiny_full(tmp_path, monkeypatch, tiny_grid):
         "addition": sweep.load_grid(tmp_path / "addition.yaml", progress=False),
     }
     asked = []
-    monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None: grids[task])
+    monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None, budget=None: grids[task])
     monkeypatch.setattr(
         reproduce, "estimate_hours", lambda grid, jobs: asked.append(grid.name) or 0.5
     )
@@ -120,3 +140,23 @@ def test_reproduce_all_refuses_a_clash_before_anything_trains(tmp_path, tiny_ful
     assert err.startswith("ponder: error:") and err.count("\n") == 1 and "different config" in err
     assert not list(out.rglob(rundir.METRICS))  # parity did not train first
     assert asked == []  # nor was throughput measured
+
+
+def test_reproduce_budget_trains_the_papers_grids_for_fewer_steps(tmp_path, monkeypatch, capsys):
+    """``--budget`` goes through ``full_grid`` to every run's steps and into the report's note
+    (the paper's grid files are swapped for a tiny one: same code path, seconds to train)."""
+    tiny = tmp_path / "tiny-parity.yaml"
+    tiny.write_text(TINY_ADDITION.replace("addition", "parity").replace(
+        "task_options: {numbers: 2, digits: 1}", "task_options: {bits: 4}"))  # fmt: skip
+    monkeypatch.setitem(reproduce.FULL_GRIDS, "parity", ["tiny-parity"])
+    monkeypatch.setattr(sweep, "builtin_grid", lambda name: tmp_path / f"{name}.yaml")
+    monkeypatch.setattr(reproduce, "estimate_hours", lambda grid, jobs: 0.5)
+    monkeypatch.setattr(sweep, "LocalExecutor", lambda jobs=1: sweep.InlineExecutor())
+    out = tmp_path / "out"
+    assert main(["reproduce", "parity", "--budget", "30", "--out", str(out)]) == 0
+    configs = [rundir.read_config(p.parent) for p in out.glob("*/config.yaml")]
+    assert configs and {c.steps for c in configs} == {30}
+    assert "with a budget of 30 steps" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    assert "**Reduced budget (`--budget 30`).** The budget is 30 training steps" in text
+    assert "a budget of 30 training steps (paper: 2,000,000)" in text

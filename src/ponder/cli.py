@@ -185,6 +185,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         args.out,
         quick=args.quick,
         seeds=args.seeds,
+        budget=args.budget,
         executor=_executor(args),
         jobs=args.jobs,
         batch=args.batch,
@@ -302,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seeds", type=_number(int, 1), help="seeds per configuration (default 5; not --quick)"
+    )
+    p.add_argument(
+        "--budget",
+        type=_number(int, 1),
+        help="training steps per run (default: the paper's 2,000,000; not --quick); the "
+        "report says which of the paper's results a smaller budget cannot reproduce",
     )
     executor_flags(p)
     p.set_defaults(func=_cmd_reproduce)

@@ -6,13 +6,19 @@
                                     line per tau and the RNN as "no ACT" (the paper's 5 and 7)
     <task>-accuracy-rho.png         accuracy against training steps, one line per rho, the RNN
                                     as rho=1 (the paper's figures 2, 6 and 8)
+    <task>-solved.png               the fraction of seeds solved against training steps, one
+                                    Kaplan-Meier step line per configuration
     addition-ponder-position.png    trained ACT's repetitions per input position (figure 4)
     <task>-ponder-difficulty.png    trained ACT's repetitions against input difficulty (Graves
                                     2016: harder inputs are pondered longer)
 
-Curves are each run's own smoothing (the paper's criterion), then the median over seeds with a
-25th-75th percentile band. The last two figures probe trained checkpoints on fresh inputs
-(``results.probe_ponder``).
+Curves are each run's own smoothing (the paper's criterion), drawn thin per seed under the median
+over seeds with a 25th-75th percentile band. Curves over seeds drop no seed (SPEC.md, "Statistics
+over seeds"): a seed that stopped because it was solved keeps its last value to the end of the
+axis (``seed_curves``), so the median after it stopped is still over all seeds, not over the
+unsolved ones left. Unfinished, failed and diverged seeds are not carried: nothing says how they
+would have gone on, so they end where they stopped. The last two figures probe trained
+checkpoints on fresh inputs (``results.probe_ponder``).
 """
 
 from __future__ import annotations
@@ -39,13 +45,20 @@ DIFFICULTY_LABEL = {
     "sort": "numbers in the sequence",
 }
 PONDER_LABEL = "ponder N(t) - 1 + R(t)"  # the paper's "repetitions", what every figure shows
+CURVES_NOTE = (
+    "each run smoothed as the criterion smooths it; thin lines: each seed; thick: the median over "
+    "seeds, band: 25th-75th percentile. A seed stopped because it was solved keeps its last value "
+    "to the end of the axis (dotted), so every step's median is over all seeds; unfinished, "
+    "failed or diverged seeds end where they stopped"
+)
 
 
 def _band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
     """Median, 25th and 75th percentile over seeds at every step some seed logged.
 
-    Seeds of one configuration log at the same steps; a seed that stopped early (diverged,
-    unfinished) simply leaves the later steps to the others.
+    Seeds of one configuration log at the same steps; a curve that ends early leaves the later
+    steps to the others, so curves over seeds pass through ``seed_curves`` first, which carries
+    the seeds that stopped because they were solved to the end of the axis.
     """
     by_step: dict[int, list[float]] = {}
     for steps, values in curves:
@@ -56,18 +69,55 @@ def _band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]
     return grid, q[:, 0], q[:, 1], q[:, 2]
 
 
-def _plot_band(ax, curves, label: str, color) -> None:
-    curves = [(s, v) for s, v in curves if len(s)]
+def carried(run: RunResult) -> bool:
+    """Whether a run's curve is carried to the end of the axis: it stopped because it was solved
+    (finished, and solved by the paper's criterion). A seed that stopped otherwise (unfinished,
+    failed, diverged) is not: its later values are unknown."""
+    return run.status == "finished" and run.steps_to_solve is not None
+
+
+def seed_curves(
+    runs: list[RunResult], column: str, end: int
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Each run's ``column`` curve ("accuracy" or "repetitions_curve"), smoothed as the paper's
+    criterion smooths it (its own window), as (steps, values, logged points).
+
+    A ``carried`` run keeps its last value at every later step that another of ``runs`` logged
+    and at ``end`` (the axis' end): its curve then covers the whole axis, and ``_band`` takes
+    its percentiles over all seeds. The first ``logged points`` values are the run's own.
+    """
+    grid = np.unique(np.concatenate([r.steps for r in runs] + [np.array([end], dtype=np.int64)]))
+    out = []
+    for r in runs:
+        if not len(r.steps):
+            continue
+        values = metrics.smooth(getattr(r, column), r.config.solve_window)
+        steps = r.steps
+        if carried(r):
+            later = grid[grid > r.last_step]
+            steps = np.concatenate([steps, later])
+            values = np.concatenate([values, np.full(len(later), values[-1])])
+        out.append((steps, values, len(r.steps)))
+    return out
+
+
+def _plot_seeds(ax, runs: list[RunResult], column: str, end: int, label: str, color) -> None:
+    """Thin per-seed lines (dotted where carried) under the median and its band."""
+    curves = seed_curves(runs, column, end)
     if not curves:
         return
-    x, mid, lo, hi = _band(curves)
-    ax.plot(x, mid, color=color, label=label, lw=1.5)
-    ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+    for steps, values, own in curves:
+        ax.plot(steps[:own], values[:own], color=color, lw=0.6, alpha=0.4)
+        if own < len(steps):
+            ax.plot(steps[own - 1 :], values[own - 1 :], color=color, lw=0.8, alpha=0.5, ls=":")
+    x, mid, lo, hi = _band([(s, v) for s, v, _ in curves])
+    ax.plot(x, mid, color=color, label=label, lw=1.8)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
 
 
-def _smoothed(run: RunResult, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A run's curve smoothed as the paper's criterion smooths it (its own window)."""
-    return run.steps, metrics.smooth(values, run.config.solve_window)
+def _axis_end(rows: list[ConfigRow]) -> int:
+    """The last step any run of ``rows`` logged: where carried curves end."""
+    return max((r.last_step for row in rows for r in row.runs), default=0)
 
 
 def _save(fig, path: Path) -> None:
@@ -95,13 +145,18 @@ def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path) -> bool:
     fig, (top, bottom) = plt.subplots(
         2, 1, sharex=True, figsize=(8, 7), gridspec_kw={"height_ratios": [2, 1]}
     )
+    end = _axis_end(act + plain)
     for row, color in zip(act, _colors(len(act)), strict=True):
-        _plot_band(top, [_smoothed(r, r.accuracy) for r in row.runs], row.legend, color)
-        _plot_band(bottom, [_smoothed(r, r.repetitions_curve) for r in row.runs], row.legend, color)
+        _plot_seeds(top, row.runs, "accuracy", end, row.legend, color)
+        _plot_seeds(bottom, row.runs, "repetitions_curve", end, row.legend, color)
     for row in plain:
         label = "no ACT" + (f" ({row.variant})" if row.variant else "")
-        _plot_band(top, [_smoothed(r, r.accuracy) for r in row.runs], label, "black")
-    top.set_title(f"{task}: ACT, median over seeds (band: 25th-75th percentile), smoothed")
+        _plot_seeds(top, row.runs, "accuracy", end, label, "black")
+    top.set_title(
+        f"{task}: ACT, median over all seeds (band: 25th-75th percentile), smoothed;\n"
+        "solved seeds keep their last value (dotted)",
+        fontsize="medium",
+    )
     top.set_ylabel("training accuracy")
     _legend(top)
     top.grid(alpha=0.3)
@@ -121,13 +176,65 @@ def plot_accuracy_rho(rows: list[ConfigRow], task: str, path: Path) -> bool:
         return False
     lines = [r for r in rows if r.task == task and r.model == "rnn"] + repeat
     fig, ax = plt.subplots(figsize=(8, 5))
+    end = _axis_end(lines)
     for row, color in zip(lines, _colors(len(lines)), strict=True):
         label = f"rho=1 ({row.legend})" if row.model == "rnn" else row.legend
-        _plot_band(ax, [_smoothed(r, r.accuracy) for r in row.runs], label, color)
-    ax.set_title(f"{task}: Repeat-RNN, median over seeds (band: 25th-75th percentile), smoothed")
+        _plot_seeds(ax, row.runs, "accuracy", end, label, color)
+    ax.set_title(
+        f"{task}: Repeat-RNN, median over all seeds (band: 25th-75th percentile), smoothed;\n"
+        "solved seeds keep their last value (dotted)",
+        fontsize="medium",
+    )
     ax.set_xlabel("training step")
     ax.set_ylabel("training accuracy")
     _legend(ax)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def solved_fraction(runs: list[RunResult]) -> tuple[np.ndarray, np.ndarray]:
+    """The Kaplan-Meier fraction of ``runs`` solved against training steps, as the corners of a
+    step line (x, y) from (0, 0) to the last step any run was followed (solved or censored);
+    draw it with ``where="post"``. Runs that stopped unsolved are censored at their last step,
+    runs that trained to their budget at the budget (``RunResult.censored_at``)."""
+    times, solved = zip(*(r.time_to_solve() for r in runs), strict=True)
+    t, f = metrics.kaplan_meier(times, solved)
+    end = max(times)
+    x = np.concatenate([[0.0], t, [end]])
+    y = np.concatenate([[0.0], f, [f[-1] if len(f) else 0.0]])
+    return x, y
+
+
+def plot_solved_fraction(rows: list[ConfigRow], task: str, path: Path) -> bool:
+    """The fraction of seeds solved against training steps, a Kaplan-Meier step line per
+    configuration, censoring marked "+" (SPEC.md, "Statistics over seeds"). Returns False (and
+    writes nothing) without runs of ``task``."""
+    mine = [r for r in rows if r.task == task]
+    if not mine:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    end = max(r.time_to_solve()[0] for row in mine for r in row.runs)
+    for row, color in zip(mine, _colors(len(mine)), strict=True):
+        color = "black" if row.model == "rnn" else color
+        x, y = solved_fraction(row.runs)
+        if y[-1] >= 1.0 - 1e-9 and x[-1] < end:  # every seed solved: nothing left to change
+            x, y = np.append(x, end), np.append(y, 1.0)
+        label = f"{row.label}: {len(row.runs)} seed{'s' if len(row.runs) > 1 else ''}"
+        ax.step(x, y, where="post", color=color, lw=1.5, label=label)
+        # censored seeds: a mark at the step each stopped, at the fraction solved by then
+        censored = [r.censored_at for r in row.runs if r.steps_to_solve is None]
+        if censored:
+            at = np.searchsorted(x, censored, side="right") - 1
+            ax.plot(censored, y[at], "+", color=color, ms=8, mew=1.2)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(
+        f"{task}: fraction of seeds solved (Kaplan-Meier; +: a seed stopped unsolved)",
+        fontsize="medium",
+    )
+    ax.set_xlabel("training step")
+    ax.set_ylabel("fraction of seeds solved")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # up to 19 lines
     ax.grid(alpha=0.3)
     _save(fig, path)
     return True
@@ -214,17 +321,25 @@ def build_figures(
 
     task_names = list(dict.fromkeys(row.task for row in rows))
     for task in task_names:
+        name = f"{task}-solved.png"
+        add(
+            plot_solved_fraction(rows, task, root / name),
+            name,
+            f"{task}: fraction of seeds solved against training steps, per configuration "
+            "(Kaplan-Meier: 1 - S(t); a seed that stopped unsolved is censored at its last step, "
+            "one that trained to its budget at the budget, marked +; the legend gives the seeds)",
+        )
         name = f"{task}-accuracy-tau.png"
         add(
             plot_accuracy_tau(rows, task, root / name),
             name,
-            f"{task}: training accuracy and ACT's ponder against steps, per tau",
+            f"{task}: training accuracy and ACT's ponder against steps, per tau; {CURVES_NOTE}",
         )
         name = f"{task}-accuracy-rho.png"
         add(
             plot_accuracy_rho(rows, task, root / name),
             name,
-            f"{task}: training accuracy against steps, per rho",
+            f"{task}: training accuracy against steps, per rho; {CURVES_NOTE}",
         )
 
     probes: dict[Path, tuple[np.ndarray, np.ndarray]] = {}

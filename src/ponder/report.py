@@ -9,8 +9,11 @@ writes the tables:
     DIR/report.csv       one row per configuration (``CSV_COLUMNS``)
     DIR/figures/*.png    see ``figures.py``
 
-The paper reports one run per row; we report the median over seeds and the interquartile range
-(numpy's 25th-75th percentile), and say plainly where the experiment is smaller than the paper's.
+The paper reports one run per row; we report k/n seeds solved with its 95% Wilson interval and
+the median and quartiles of steps to solve over all seeds, a seed that did not solve counted as
+not solved within the steps it ran (Kaplan-Meier; "> 2000k" where fewer seeds solved than the
+quantile needs), mark the configurations whose numbers may still change (provisional), and say
+plainly where the experiment is smaller than or differs from the paper's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from . import rundir
 from .config import TASK_DEFAULTS
 from .figures import build_figures
 from .results import (
+    DIFFERS,
     PAPER_BUDGET,
     PAPER_TABLE_TITLE,
     PAPER_TABLES,
@@ -70,6 +74,10 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _interval(interval: tuple[float, float]) -> str:
+    return f"[{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
 def _status_note(row: ConfigRow) -> str:
     return ", ".join(f"{row.counts[s]} {s}" for s in STATUSES[1:] if row.counts.get(s))
 
@@ -78,13 +86,18 @@ def _status_note(row: ConfigRow) -> str:
 # The tables
 
 
+# Steps-to-solve quantiles are over all seeds (censored, Kaplan-Meier) and empty when not
+# reached: the quantile is then beyond ``steps_followed``, the most steps any seed ran.
+# ``provisional`` says why the row's numbers may still change (empty when they will not).
 CSV_COLUMNS = [
     "task", "task_options", "model", "cell", "tau", "rho", "variant", "runs", "seeds",
-    "solved", "median_steps_to_solve", "iqr25_steps_to_solve", "iqr75_steps_to_solve",
-    "eval_solved", "median_eval_steps_to_solve", "iqr25_eval_steps_to_solve",
-    "iqr75_eval_steps_to_solve", "median_repetitions", "median_ponder_steps", "finished",
-    "diverged", "failed", "unfinished", "budget", "paper_solved", "paper_steps_to_solve",
-    "paper_repetitions",
+    "solved", "solved_k", "solved_n", "solved_wilson_low", "solved_wilson_high",
+    "median_steps_to_solve", "iqr25_steps_to_solve", "iqr75_steps_to_solve",
+    "eval_solved", "eval_solved_wilson_low", "eval_solved_wilson_high",
+    "median_eval_steps_to_solve", "iqr25_eval_steps_to_solve", "iqr75_eval_steps_to_solve",
+    "steps_followed", "median_repetitions", "median_ponder_steps", "finished",
+    "diverged", "failed", "unfinished", "provisional", "budget", "paper_solved",
+    "paper_steps_to_solve", "paper_repetitions",
 ]  # fmt: skip
 
 
@@ -104,16 +117,24 @@ def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
             "runs": str(n),
             "seeds": " ".join(str(r.config.seed) for r in row.runs),
             "solved": f"{row.solved}/{n}",
+            "solved_k": str(row.solved),
+            "solved_n": str(n),
+            "solved_wilson_low": _num(round(row.solved_interval[0], 4)),
+            "solved_wilson_high": _num(round(row.solved_interval[1], 4)),
             "median_steps_to_solve": _num(row.median_steps),
             "iqr25_steps_to_solve": _num(row.q25_steps),
             "iqr75_steps_to_solve": _num(row.q75_steps),
             "eval_solved": f"{row.eval_solved}/{n}",
+            "eval_solved_wilson_low": _num(round(row.eval_solved_interval[0], 4)),
+            "eval_solved_wilson_high": _num(round(row.eval_solved_interval[1], 4)),
             "median_eval_steps_to_solve": _num(row.eval_median_steps),
             "iqr25_eval_steps_to_solve": _num(row.eval_q25_steps),
             "iqr75_eval_steps_to_solve": _num(row.eval_q75_steps),
+            "steps_followed": str(row.followed_steps),
             "median_repetitions": _num(row.median_repetitions),
             "median_ponder_steps": _num(row.median_ponder_steps),
             **{s: str(row.counts.get(s, 0)) for s in STATUSES},
+            "provisional": row.provisional,
             "budget": " ".join(str(b) for b in sorted({r.config.steps for r in row.runs})),
             "paper_solved": row.paper[0],
             "paper_steps_to_solve": row.paper[1],
@@ -131,12 +152,22 @@ def write_csv(rows: list[ConfigRow], path: Path) -> None:
     rundir.atomic_write(Path(path), buf.getvalue())
 
 
-def _steps_cell(median: float | None, q25: float | None, q75: float | None, k: int) -> str:
-    if median is None:
+def steps_cell(
+    median: float | None, q25: float | None, q75: float | None, followed: int, n: int
+) -> str:
+    """Steps to solve over ``n`` seeds as report.md shows it: "30k [20k, 40k]" (median [25th,
+    75th percentile]); a quantile not reached is "> T", T the most steps any seed ran, so a
+    configuration few of whose seeds solved never reads as fast. "> T" alone when not even the
+    25th percentile is reached; the median alone for a single seed."""
+
+    def q(x: float | None) -> str:
+        return f"> {fmt_steps(followed)}" if x is None else fmt_steps(x)
+
+    if n == 0:
         return "-"
-    if k == 1:
-        return fmt_steps(median)
-    return f"{fmt_steps(median)} [{fmt_steps(q25)}-{fmt_steps(q75)}]"
+    if n == 1 or (median is None and q25 is None):
+        return q(median)
+    return f"{q(median)} [{q(q25)}, {q(q75)}]"
 
 
 def _span(values: list[int], fmt=str) -> str:
@@ -213,12 +244,18 @@ def write_markdown(
     crit = "; ".join(f"window of {w} logged points, threshold {t:.0%}" for w, t in criteria)
     lines += [
         "",
-        "*solved*: runs whose training accuracy, smoothed with a cubic Savitzky-Golay filter, "
-        f"reaches the threshold (the paper's criterion; {crit}). *steps to 98%*: median over the "
-        "solved runs [25th-75th percentile]. *held-out*: the same for the first log whose "
-        "accuracy on the fixed held-out set reaches the threshold. *average repetitions*: median "
-        "over runs of the last logged N(t) - 1 + R(t) for ACT (the paper's column), rho for "
-        "Repeat; *mean N*: ACT's mean ponder steps N(t). The paper reports a single run per row.",
+        "*solved*: seeds whose training accuracy, smoothed with a cubic Savitzky-Golay filter, "
+        f"reaches the threshold (the paper's criterion; {crit}), k/n [95% Wilson interval]. "
+        "*steps to 98%*: median [25th, 75th percentile] over all seeds, a seed that did not "
+        "solve counted as not solved within the steps it ran (censored: at its budget, or at its "
+        'last step if it stopped before; Kaplan-Meier quantiles); "> T": fewer seeds solved '
+        "than that quantile needs, within T steps, the most any seed ran. *held-out*: the same "
+        "for the first log whose accuracy on the fixed held-out set reaches the threshold. "
+        "*average repetitions*: median over runs of the last logged N(t) - 1 + R(t) for ACT (the "
+        "paper's column), rho for Repeat; *mean N*: ACT's mean ponder steps N(t). A model "
+        "marked * has provisional numbers (see below its table). The paper reports a single run "
+        'per row; "differs: ..." in its columns: our runs\' network or training protocol is not '
+        "the paper's (the settings named).",
     ]
 
     for task in dict.fromkeys(row.task for row in rows):
@@ -237,20 +274,31 @@ def write_markdown(
         for row in mine:
             n = len(row.runs)
             cells = [
-                row.label,
-                f"{row.solved}/{n}",
-                _steps_cell(row.median_steps, row.q25_steps, row.q75_steps, row.solved),
-                _steps_cell(
-                    row.eval_median_steps, row.eval_q25_steps, row.eval_q75_steps, row.eval_solved
+                row.label + ("*" if row.provisional else ""),
+                f"{row.solved}/{n} {_interval(row.solved_interval)}",
+                steps_cell(row.median_steps, row.q25_steps, row.q75_steps, row.followed_steps, n),
+                steps_cell(
+                    row.eval_median_steps,
+                    row.eval_q25_steps,
+                    row.eval_q75_steps,
+                    row.followed_steps,
+                    n,
                 ),
                 "-" if row.median_repetitions is None else f"{row.median_repetitions:.2f}",
                 "" if row.median_ponder_steps is None else f"{row.median_ponder_steps:.2f}",
                 _status_note(row),
             ]
             if has_paper:
-                na = row.paper[0].startswith("n/a")  # said once, not in all three columns
-                cells += [row.paper[0], "", ""] if na else list(row.paper)
+                # said once, not in all three columns
+                once = row.paper[0].startswith(("n/a", DIFFERS))
+                cells += [row.paper[0], "", ""] if once else list(row.paper)
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+        provisional = [f"{row.label} ({row.provisional})" for row in mine if row.provisional]
+        if provisional:
+            lines += [
+                "",
+                "\\* Provisional, the numbers may still change: " + "; ".join(provisional) + ".",
+            ]
 
     if figures:
         lines += ["", "## Figures", ""]

@@ -4,11 +4,14 @@ The full protocol merges, per task, the table grid and the two figure grids (tau
 one sweep, so a configuration they share (ACT tau = 0.01, Repeat rho = 2, ...) trains once, and
 then writes the report. ``quick`` is a reduced parity experiment sized for a laptop CPU: fewer
 input bits, fewer steps and a shorter smoothing window, with enough seeds to show the spread.
-``all`` sweeps each task into its own directory, ``OUT/parity`` and ``OUT/addition``.
+``budget`` keeps the paper's grids but trains each run for fewer steps, said in the report's note
+(``budget_note``). ``all`` sweeps each task into its own directory, ``OUT/parity`` and
+``OUT/addition``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from . import bench
 from . import sweep as sweeps
 from .config import ConfigError, RunConfig, from_dict, resolve, run_name
 from .engine import resolve_device
+from .results import PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES, fmt_tau
 
 FULL_GRIDS = {
     "parity": ["parity-table", "parity-tau", "parity-rho"],
@@ -76,12 +80,51 @@ def quick_grid() -> sweeps.Grid:
     return sweeps.Grid(name="parity-quick", runs=runs, note=note)
 
 
-def full_grid(task: str, seeds: int | None = None) -> sweeps.Grid:
+def full_grid(task: str, seeds: int | None = None, budget: int | None = None) -> sweeps.Grid:
+    """The paper's grids for ``task`` as one sweep; ``budget`` training steps per run instead of
+    the paper's 2,000,000 (said in the grid's note, which the report puts at its top)."""
     grids = [
-        sweeps.load_grid(sweeps.builtin_grid(name), seeds=seeds, progress=False)
+        sweeps.load_grid(sweeps.builtin_grid(name), seeds=seeds, budget=budget, progress=False)
         for name in FULL_GRIDS[task]
     ]
-    return sweeps.merge_grids(grids, f"{task}-full")
+    grid = sweeps.merge_grids(grids, f"{task}-full")
+    if budget is not None and budget != PAPER_BUDGET:
+        grid = dataclasses.replace(grid, note=budget_note(task, budget))
+    return grid
+
+
+def _paper_steps(text: str) -> int | None:
+    """A step count as the paper's tables write it ("53k") as an int; None for "-"."""
+    return int(float(text[:-1]) * 1000) if text.endswith("k") else None
+
+
+def budget_note(task: str, budget: int) -> str:
+    """What a step budget other than the paper's 2,000,000 means for ``task``'s results: the
+    rows of the paper's table it cannot reproduce, or may solve that the paper did not."""
+    instead = f"The budget is {budget:,} training steps per run instead of {PAPER_BUDGET:,}"
+    if budget > PAPER_BUDGET:
+        return (
+            f"**Longer budget (`--budget {budget}`).** {instead}: a configuration the paper did "
+            f"not solve within {PAPER_BUDGET:,} steps may solve here later. Otherwise this is "
+            "the paper's protocol."
+        )
+    later = []
+    for (model, knob), (_, steps, _) in PAPER_TABLES.get(task, {}).items():
+        at = _paper_steps(steps)
+        if at is not None and at > budget:
+            name = {"act": f"ACT tau={fmt_tau(knob)}", "repeat": f"Repeat rho={knob}"}
+            later.append(f"{name.get(model, model.upper())} at {steps}")
+    where = ""
+    if task in PAPER_TABLES:
+        title = PAPER_TABLE_TITLE[task].split(":")[0]
+        rows = ", ".join(later) if later else f"none of {title}'s solved rows took that long"
+        where = f" ({title}: {rows})" if later else f" ({rows})"
+    return (
+        f"**Reduced budget (`--budget {budget}`).** {instead}: a configuration the paper solved "
+        f"later than {budget:,} steps cannot be solved here{where}, and a configuration "
+        "unsolved here may still solve with the paper's budget. Otherwise this is the paper's "
+        "protocol: its grids, problem, networks and criterion."
+    )
 
 
 def measure_steps_per_second(config: RunConfig, steps: int = 5) -> float:
@@ -110,6 +153,7 @@ def reproduce(
     *,
     quick: bool = False,
     seeds: int | None = None,
+    budget: int | None = None,
     executor: sweeps.Executor | None = None,
     jobs: int = 1,
     batch: int = 16,
@@ -120,7 +164,9 @@ def reproduce(
 
     One task sweeps into ``out``; ``all`` sweeps each task into ``out/TASK`` and writes each
     report there. Every task's directory is checked before anything trains, so a clash with
-    runs already there is a ``RunError`` at once. ``jobs``: the runs trained at once, for the
+    runs already there is a ``RunError`` at once. ``seeds``, ``budget``: seeds per
+    configuration and training steps per run of the full protocol (its defaults: 5 and the
+    paper's 2,000,000; not with ``quick``). ``jobs``: the runs trained at once, for the
     time estimate of the full protocol. ``cuda_graphs=False`` trains every step eagerly (a
     resumable setting: the runs keep their directories).
     """
@@ -133,10 +179,14 @@ def reproduce(
         raise ConfigError("--quick reproduces parity only: use `ponder reproduce parity --quick`")
     if quick and seeds is not None:
         raise ConfigError(f"--quick runs {QUICK.seeds} seeds; --seeds is for the full protocol")
+    if quick and budget is not None:
+        raise ConfigError(
+            f"--quick trains {QUICK.steps:,} steps per run; --budget is for the full protocol"
+        )
     out = Path(out)
     plans = []
     for task in names:
-        grid = quick_grid() if quick else full_grid(task, seeds=seeds)
+        grid = quick_grid() if quick else full_grid(task, seeds=seeds, budget=budget)
         if cuda_graphs is not None:
             grid = sweeps.override(grid, cuda_graphs=cuda_graphs)
         plans.append((task, grid, out / task if what == "all" else out))
@@ -158,8 +208,10 @@ def _announce(task: str, grid: sweeps.Grid, quick: bool, jobs: int) -> None:
         print(f"ponder reproduce {task} --quick: a reduced experiment, "
               f"{len(grid.runs)} runs, about 4 minutes on 2 CPU cores", flush=True)  # fmt: skip
         return
-    print(f"ponder reproduce {task}: the paper's protocol at full scale, "
-          f"{len(grid.runs)} runs of up to 2,000,000 steps; a GPU is recommended. "
+    steps = max(r.config.steps for r in grid.runs)
+    scale = "at full scale" if steps == PAPER_BUDGET else f"with a budget of {steps:,} steps"
+    print(f"ponder reproduce {task}: the paper's protocol {scale}, "
+          f"{len(grid.runs)} runs of up to {steps:,} steps; a GPU is recommended. "
           "Measuring throughput...", flush=True)  # fmt: skip
     hours = estimate_hours(grid, jobs)
     print(f"expect up to {hours:,.1f} hours here with --jobs {jobs} (less: runs stop once "

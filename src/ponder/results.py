@@ -2,13 +2,17 @@
 
 ``load_runs(DIR)`` reads every run directory under DIR (through ``rundir``) into a ``RunResult``;
 ``aggregate`` groups the runs that differ only in their seed into configurations (``config_key``,
-built on ``RunConfig.identity``) and gives each a ``ConfigRow``: runs solved, median steps to
-solve with the interquartile range (numpy's 25th-75th percentile), the median of the last logged
-"average repetitions" and, beside them, the paper's row (``paper_values``). ``probe_ponder``
-loads a trained network and measures its ponder on fresh inputs.
+built on ``RunConfig.identity``) and gives each a ``ConfigRow``: seeds solved (k/n with its 95%
+Wilson interval), the median and quartiles of steps to solve over all seeds, the median of the
+last logged "average repetitions", whether the numbers are provisional and, beside them, the
+paper's row (``paper_values``). ``probe_ponder`` loads a trained network and measures its ponder
+on fresh inputs.
 
 Steps to solve are recomputed from metrics.csv with each run's own criterion (``metrics.py``), so
-unfinished runs count with what they have logged so far. The paper reports one run per row; we
+unfinished runs count with what they have logged so far. Over seeds they are censored data
+(SPEC.md, "Statistics over seeds"): a seed that did not solve counts as not solved within the
+steps it ran (``RunResult.censored_at``), and the quartiles are Kaplan-Meier quantiles over all
+seeds, None ("not reached") where too few seeds solved. The paper reports one run per row; we
 report the median over seeds.
 
 The quantities keep metrics.csv's names: ``repetitions`` is the paper's "average repetitions"
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +84,10 @@ PAPER_TABLE_TITLE = {
     "addition": "Fojo et al. Table 2: addition, LSTM with 512 cells",
 }
 REDUCED = "n/a (reduced problem)"
-OTHER_CELL = "n/a (other cell)"
+DIFFERS = "differs: "  # + the settings that are not the paper's protocol, e.g. "init=torch"
+# The training protocol of the Fojo paper beyond the task's network (config.TASK_DEFAULTS): the
+# RunConfig defaults are the paper's values (SPEC.md, "Training protocol of the Fojo paper").
+PROTOCOL_FIELDS = ("init", "lr", "epsilon", "halting_bias", "ponder_loss")
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +109,32 @@ class RunResult:
     repetitions: float | None  # the repetitions of the last logged row
     ponder_steps: float | None  # N(t) of the last logged row (ACT only)
     error: str = ""  # first line of error.txt for a failed run
+
+    @property
+    def last_step(self) -> int:
+        """The last logged step (0 before the first log)."""
+        return int(self.steps[-1]) if len(self.steps) else 0
+
+    @property
+    def censored_at(self) -> int:
+        """The step up to which the run is known not to have solved, if it did not: its budget
+        once it finished (it trained to the end), else the last step it logged (an unfinished,
+        failed or diverged run stopped there)."""
+        if self.status == "finished":
+            return max(self.config.steps, self.last_step)
+        return self.last_step
+
+    def time_to_solve(self) -> tuple[int, bool]:
+        """(steps, solved): steps to solve by the paper's criterion, or the censoring step."""
+        if self.steps_to_solve is not None:
+            return self.steps_to_solve, True
+        return self.censored_at, False
+
+    def eval_time_to_solve(self) -> tuple[int, bool]:
+        """(steps, solved) for the held-out criterion, as ``time_to_solve``."""
+        if self.eval_steps_to_solve is not None:
+            return self.eval_steps_to_solve, True
+        return self.censored_at, False
 
 
 def fmt_tau(tau: float | None) -> str:
@@ -126,17 +159,23 @@ class ConfigRow:
     rho: int | None  # Repeat's rho; 1 for the plain RNN; None for ACT
     variant: str  # other settings that differ between this task's configurations
     runs: list[RunResult] = field(default_factory=list)
+    # Seeds solved and steps to solve over ALL seeds (censored, ``metrics.censored_quartiles``):
+    # a quantile is None when not reached, i.e. > ``followed_steps``.
     solved: int = 0
+    solved_interval: tuple[float, float] = (0.0, 1.0)  # 95% Wilson interval of solved / runs
     median_steps: float | None = None
     q25_steps: float | None = None
     q75_steps: float | None = None
     eval_solved: int = 0
+    eval_solved_interval: tuple[float, float] = (0.0, 1.0)
     eval_median_steps: float | None = None
     eval_q25_steps: float | None = None
     eval_q75_steps: float | None = None
+    followed_steps: int = 0  # the most steps any seed was followed for (solved or censored)
     median_repetitions: float | None = None
     median_ponder_steps: float | None = None  # ACT only
     counts: dict[str, int] = field(default_factory=dict)  # runs per status
+    provisional: str = ""  # why the numbers may still change ("" when they will not)
     paper: tuple[str, str, str] = ("", "", "")  # solved, steps to 98%, average repetitions
 
     @property
@@ -228,11 +267,34 @@ def config_key(config: RunConfig) -> dict[str, Any]:
     }  # option names (bits, digits, ...) are not RunConfig fields
 
 
+def protocol_differences(config: RunConfig) -> list[str]:
+    """How ``config`` departs from the paper's protocol for its task, one "name=value" each.
+
+    The protocol: the task's network (``TASK_DEFAULTS``: cell, hidden, batch_size, max_ponder)
+    and ``PROTOCOL_FIELDS`` at RunConfig's defaults (init tf, lr 1e-3, epsilon 0.01, ponder_loss
+    mean, halting_bias 1). Fields the model ignores (None in ``identity``: ACT's for the RNN and
+    Repeat) never differ. Budget, logging and the solve criterion are not compared here.
+    """
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    protocol = {**TASK_DEFAULTS.get(config.task, {}), **{k: defaults[k] for k in PROTOCOL_FIELDS}}
+    identity = config.identity()
+    out = []
+    for name, paper in protocol.items():
+        mine = identity.get(name)
+        if mine is None:
+            continue
+        same = math.isclose(mine, paper) if isinstance(paper, float) else mine == paper
+        if not same:
+            out.append(f"{name}={mine:g}" if isinstance(mine, float) else f"{name}={mine}")
+    return out
+
+
 def paper_values(config: RunConfig) -> tuple[str, str, str]:
     """The paper's (solved, steps to 98%, average repetitions) for this run's row, if it has one.
 
     Empty strings where the paper has no such row; ``REDUCED`` where it has the row but our
-    problem is smaller than the paper's; ``OTHER_CELL`` for another recurrent cell.
+    problem is smaller than the paper's; "differs: init=torch" (``DIFFERS`` and
+    ``protocol_differences``) where the run's network or training protocol is not the paper's.
     """
     table = PAPER_TABLES.get(config.task)
     if table is None:
@@ -247,9 +309,37 @@ def paper_values(config: RunConfig) -> tuple[str, str, str]:
         return ("", "", "")
     if config.task_options != PAPER_TASK_OPTIONS[config.task]:
         return (REDUCED,) * 3
-    if config.cell != TASK_DEFAULTS[config.task]["cell"]:
-        return (OTHER_CELL,) * 3
+    differs = protocol_differences(config)
+    if differs:
+        return (DIFFERS + ", ".join(differs),) * 3
     return table[hit]
+
+
+def provisional_reason(runs: list[RunResult]) -> str:
+    """Why a configuration's numbers may still change, in a few words ("" if they will not):
+    runs not finished yet, or runs with fewer logged points than their smoothing window (the
+    criterion then smoothed over the shorter ``metrics.smoothing_window``; more points may move
+    the crossing)."""
+    reasons = []
+    unfinished = sum(r.status == "unfinished" for r in runs)
+    if unfinished:
+        reasons.append(f"{unfinished} run{'s' if unfinished > 1 else ''} unfinished")
+    short = [r for r in runs if len(r.steps) < r.config.solve_window]
+    if short:
+        window = _span_text([r.config.solve_window for r in short])
+        used = _span_text(
+            [metrics.smoothing_window(len(r.steps), r.config.solve_window) for r in short]
+        )
+        reasons.append(
+            f"{len(short)} run{'s' if len(short) > 1 else ''} with fewer logged points than the "
+            f"{window}-point window: smoothed over {used}"
+        )
+    return "; ".join(reasons)
+
+
+def _span_text(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo} to {hi}"
 
 
 def quartiles(values: list[float]) -> tuple[float | None, float | None, float | None]:
@@ -311,12 +401,19 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
             runs=members,
             paper=paper_values(c),
         )
-        solved = [r.steps_to_solve for r in members if r.steps_to_solve is not None]
-        row.solved = len(solved)
-        row.median_steps, row.q25_steps, row.q75_steps = quartiles(solved)
-        held_out = [r.eval_steps_to_solve for r in members if r.eval_steps_to_solve is not None]
-        row.eval_solved = len(held_out)
-        row.eval_median_steps, row.eval_q25_steps, row.eval_q75_steps = quartiles(held_out)
+        n = len(members)
+        times, solved = zip(*(r.time_to_solve() for r in members), strict=True)
+        row.solved = sum(solved)
+        row.solved_interval = metrics.wilson_interval(row.solved, n)
+        row.median_steps, row.q25_steps, row.q75_steps = metrics.censored_quartiles(times, solved)
+        eval_times, held_out = zip(*(r.eval_time_to_solve() for r in members), strict=True)
+        row.eval_solved = sum(held_out)
+        row.eval_solved_interval = metrics.wilson_interval(row.eval_solved, n)
+        row.eval_median_steps, row.eval_q25_steps, row.eval_q75_steps = metrics.censored_quartiles(
+            eval_times, held_out
+        )
+        row.followed_steps = int(max(*times, *eval_times))
+        row.provisional = provisional_reason(members)
         row.median_repetitions = _median([r.repetitions for r in members])
         if c.model == "act":
             row.median_ponder_steps = _median([r.ponder_steps for r in members])
