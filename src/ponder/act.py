@@ -213,9 +213,10 @@ def ponder_token(
     and R(t) ``[..., B]``, p_t ``[..., B, N]`` (None unless ``probs``) and ``overflow`` (None,
     or with ``unroll`` a bool scalar: some sample was still running after ``unroll`` steps).
 
-    Only the samples still running are computed: once some have halted, the rest are gathered
-    into ``rows`` (per run, padded with halted rows whose p is 0), and runs with no sample
-    still running leave ``members``, so a few samples that ponder long cost little. Halted
+    Only the samples still running are computed: once at most half of the rows computed still
+    run, they are gathered into ``rows`` (per run, padded with halted rows whose p is 0), and
+    once at least half of the runs have no sample still running those runs leave ``members``,
+    so a few samples that ponder long cost little. Halted
     samples' s_t and y_t no longer change. With ``unroll`` every sample is computed on each of
     exactly ``min(unroll, max_steps)`` steps and nothing is read on the host.
     """
@@ -265,12 +266,15 @@ def ponder_token(
             continue
         counts = running.sum(-1).tolist()  # the one host sync per ponder step
         left = max(counts) if isinstance(counts, list) else counts
-        # Runs with nothing left to ponder drop out when that at least halves the runs computed:
-        # gathering their weights anew costs kernels (and their backward) of its own.
+        # The compact set shrinks when that at least halves it: runs with nothing left to ponder
+        # drop out once they are half of those computed, rows once at most half still run.
+        # Changing the set costs kernels of its own (and their backward); until then halted
+        # rows ride along with p = 0, so a token changes its set about log2(B) times, not B.
         drop = isinstance(counts, list) and 2 * counts.count(0) >= len(counts)
+        shrink = 2 * left <= running.shape[-1]
         if left == 0:
             break
-        if not (drop or left < running.shape[-1]):
+        if not (drop or shrink):
             continue
         # The compact set changes: its sums go into the totals, and start afresh.
         s_mean, remainder, steps = _add_sums(
@@ -282,7 +286,7 @@ def ponder_token(
             running, cum_h = running[keep], cum_h[keep]
             rows = None if rows is None else rows[keep]
             s = _map(lambda t, i=keep: t[i], s)
-        if left < running.shape[-1]:  # keep only the rows still running (first, per index)
+        if shrink:  # keep only the rows still running (first, per index, padded to ``left``)
             order = torch.argsort((~running).to(torch.int8), dim=-1, stable=True)[..., :left]
             rows = order if rows is None else rows.gather(-1, order)
             running, cum_h = running.gather(-1, order), cum_h.gather(-1, order)

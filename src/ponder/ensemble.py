@@ -160,17 +160,20 @@ class Ensemble(nn.Module):
         # x_t's projection is the same on every ponder step: compute it once per token.
         g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
 
-        gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The compact set (``members``, ``rows``) changes only a few times per token: what is
+        # gathered for it is kept until it changes (the cache holds the index tensors, so an
+        # ``is`` test cannot be fooled by a new tensor at an old address).
+        gathered: dict[str, tuple] = {}
 
-        def of(name: str, t: torch.Tensor, members: torch.Tensor | None) -> torch.Tensor:
-            """``t`` of the runs still pondering, gathered once per set of runs (``members``
-            changes only when some run drops out; the cache holds it, so ``is`` is safe)."""
-            if members is None:
+        def of(name: str, t: torch.Tensor, members, rows=None) -> torch.Tensor:
+            """``t`` at the runs ``members`` (and sample ``rows``) still pondering."""
+            if members is None and rows is None:
                 return t
             hit = gathered.get(name)
-            if hit is None or hit[0] is not members:
-                hit = gathered[name] = (members, t[members])
-            return hit[1]
+            if hit is None or hit[0] is not t or hit[1] is not members or hit[2] is not rows:
+                part = t if members is None else t[members]
+                hit = gathered[name] = (t, members, rows, take_rows(part, rows))
+            return hit[3]
 
         def halt(y, members):
             w, b = of("w_halt", w_halt, members), of("b_halt", b_halt, members)
@@ -183,8 +186,7 @@ class Ensemble(nn.Module):
 
             def step(n, s, rows, members, g_first=g_first, g_later=g_later):
                 h = s[0] if isinstance(s, tuple) else s
-                g = of("g_later", g_later, members) if n > 1 else of("g1", g_first, members)
-                gi = take_rows(g, rows)
+                gi = of("g", g_later, members, rows) if n > 1 else of("g1", g_first, members, rows)
                 b = of("b_hh", b_hh, members) if not fold else None  # folded into gi otherwise
                 return _recur(self.spec.cell, gi, h, of("w_hh", w_hh, members), b, s)
 
