@@ -134,7 +134,7 @@ def test_help_texts(capsys):
     assert "held-out accuracy has reached the threshold" in train_help  # --stop-when-solved
     assert "runs/parity-act-tau0.01-seed0" in train_help  # --out's default
     reproduce_help = _help(capsys, "reproduce")
-    assert "about 4 minutes on 2 CPU cores" in reproduce_help and "10 min" not in reproduce_help
+    assert "2 to 4 minutes on 2 CPU cores" in reproduce_help and "10 min" not in reproduce_help
     assert "OUT/parity and OUT/addition" in reproduce_help
     assert "--budget" in reproduce_help and "smaller budget cannot reproduce" in reproduce_help
     assert "Write report.md" in _help(capsys, "report")

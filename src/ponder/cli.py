@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a reduced parity experiment, about 4 minutes on 2 CPU cores",
+        help="a reduced parity experiment, 2 to 4 minutes on 2 CPU cores",
     )
     p.add_argument(
         "--seeds", type=_number(int, 1), help="seeds per configuration (default 5; not --quick)"

@@ -206,7 +206,7 @@ def _announce(task: str, grid: sweeps.Grid, quick: bool, jobs: int) -> None:
     """What is about to run, and for the full protocol how long it may take here."""
     if quick:
         print(f"ponder reproduce {task} --quick: a reduced experiment, "
-              f"{len(grid.runs)} runs, about 4 minutes on 2 CPU cores", flush=True)  # fmt: skip
+              f"{len(grid.runs)} runs, 2 to 4 minutes on 2 CPU cores", flush=True)  # fmt: skip
         return
     steps = max(r.config.steps for r in grid.runs)
     scale = "at full scale" if steps == PAPER_BUDGET else f"with a budget of {steps:,} steps"
