@@ -192,7 +192,10 @@ def _live_processes(marker: str) -> list[int]:
 INTERRUPTED = "ponder: interrupted; run the same command again to resume"
 
 
-def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(tmp_path, tiny_grid):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(
+    tmp_path, tiny_grid, sig
+):
     small = tmp_path / "small.yaml"
     small.write_text(  # three RNN runs of a few seconds each, trained one after another
         tiny_grid.replace("seeds: 2", "seeds: 3").replace("budget: 40", "budget: 300")
@@ -210,7 +213,7 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(tmp_
         time.sleep(0.05)
     workers = _live_processes(f"{out}{os.sep}.jobs")  # `python -m ponder.sweep S/.jobs/job0.json`
     assert len(workers) == 1, workers
-    proc.send_signal(signal.SIGINT)  # the sweep only, as `kill -INT`; not its workers
+    proc.send_signal(sig)  # the sweep only, as `kill -INT` (or `kill`); not its workers
     try:
         _, err = proc.communicate(timeout=30)  # a liveness bound, not a timing
     except subprocess.TimeoutExpired:
@@ -226,6 +229,8 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(tmp_
     assert not list(out.glob(f"*/{rundir.RUNNING}"))
     for run_dir in queued:  # no queued job started
         assert not (run_dir / rundir.METRICS).exists(), run_dir.name
+    if sig != signal.SIGINT:
+        return  # resuming is the same after either
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -149,6 +149,16 @@ def test_corrupt_checkpoint_is_a_clear_error(tiny, tmp_path):
         train.run(tiny(steps=40), tmp_path)
 
 
+def test_a_kill_between_a_log_and_the_first_checkpoint_restarts_the_run(tiny, tmp_path):
+    config = tiny(steps=40)  # log every 10, first checkpoint at step 20
+    train.run(config, tmp_path / "full")
+    train.run(dataclasses.replace(config, steps=20), tmp_path / "cut")
+    (tmp_path / "cut" / "checkpoint.pt").unlink()  # killed after logging row 20, before saving
+    (tmp_path / "cut" / "summary.json").unlink()
+    assert train.run(config, tmp_path / "cut")["step"] == 40
+    assert _rows(tmp_path / "cut") == _rows(tmp_path / "full")
+
+
 def test_missing_checkpoint_with_progress_is_refused(tiny, tmp_path):
     train.run(tiny(steps=40), tmp_path)
     (tmp_path / "checkpoint.pt").unlink()

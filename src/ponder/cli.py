@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed on one line
         return int(e.code or 0)
+    # `kill PID` stops a run or a sweep as Ctrl-C does: workers ended, runs resumable. (A job
+    # started in the background with `&` ignores SIGINT, so SIGTERM is how one stops it.)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except (ConfigError, RunError, RecordError) as e:
@@ -336,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ponder: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

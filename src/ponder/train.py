@@ -92,7 +92,10 @@ class Member:
         rows, ckpt = rundir.read_metrics(self.dir), None
         if rundir.has_checkpoint(self.dir):
             ckpt = rundir.load_checkpoint(self.dir)
-        elif rows and rows[-1]["step"] >= self.config.log_every * self.config.checkpoint_every:
+        # A row logged after the first checkpoint's step means a checkpoint was written and is
+        # gone. A row at that step itself is not: a kill can land between logging the row and
+        # writing its checkpoint, and the run then restarts from the beginning.
+        elif rows and rows[-1]["step"] > self.config.log_every * self.config.checkpoint_every:
             raise RunError(
                 f"{self.dir} has metrics up to step {rows[-1]['step']} but its checkpoint is "
                 "missing; move the directory away to restart the run"
