@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     # `kill PID` stops a run or a sweep as Ctrl-C does: workers ended, runs resumable. (A job
     # started in the background with `&` ignores SIGINT, so SIGTERM is how one stops it.)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return args.func(args)
     except (ConfigError, RunError, RecordError) as e:
@@ -341,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         print("ponder: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum: int, frame: object) -> None:
