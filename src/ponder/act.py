@@ -216,9 +216,9 @@ def ponder_token(
     Only the samples still running are computed: once at most half of the rows computed still
     run, they are gathered into ``rows`` (per run, padded with halted rows whose p is 0), and
     once at least half of the runs have no sample still running those runs leave ``members``,
-    so a few samples that ponder long cost little. Halted
-    samples' s_t and y_t no longer change. With ``unroll`` every sample is computed on each of
-    exactly ``min(unroll, max_steps)`` steps and nothing is read on the host.
+    so a few samples that ponder long cost little. Halted samples' s_t and y_t no longer
+    change. With ``unroll`` every sample is computed on each of exactly
+    ``min(unroll, max_steps)`` steps and nothing is read on the host.
     """
     y_prev = _output(s_prev)
     lead = y_prev.shape[:-1]  # (..., B)
