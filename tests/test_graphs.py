@@ -181,9 +181,9 @@ def _patch_graphs(monkeypatch):
     monkeypatch.setattr(graphs, "CudaGraph", graphs.Emulated)
 
 
-@pytest.mark.parametrize("model", ["act", "repeat"])
+@pytest.mark.parametrize("model", ["act", "repeat", "pondernet"])
 def test_runs_with_graphs_log_what_eager_runs_log(tiny, tmp_path, monkeypatch, model):
-    config = tiny(model=model, steps=40)
+    config = tiny(model=model, steps=40, max_ponder=6 if model == "pondernet" else None)
     train.run(config, tmp_path / "eager")
     configs = [dataclasses.replace(config, seed=s) for s in (0, 1)]
     train.run_group(configs, [tmp_path / "e-eager0", tmp_path / "e-eager1"])

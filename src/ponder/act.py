@@ -41,13 +41,33 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-Cell = nn.RNNCell | nn.GRUCell | nn.LSTMCell
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+State = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 def _output(state: State) -> torch.Tensor:
     """The cell's output y: h itself, or h of an LSTM's (h, c)."""
     return state[0] if isinstance(state, tuple) else state
+
+
+def check_cell(owner: str, cell: nn.Module) -> None:
+    """A cell must follow ``nn.RNNCell``'s convention: ``cell(x, state) -> state`` with
+    ``input_size`` (flag included) and ``hidden_size`` attributes."""
+    if not isinstance(cell, nn.Module) or not callable(cell):
+        raise TypeError(f"{owner} wraps a recurrent cell module, got {type(cell)!r}")
+    for attr in ("input_size", "hidden_size"):
+        if not isinstance(getattr(cell, attr, None), int):
+            raise TypeError(f"{owner}: the cell {type(cell).__name__} has no int {attr!r}")
+    if cell.input_size < 1:
+        raise ValueError(f"{owner}: the cell's input_size counts the first-step flag, so >= 1")
+
+
+def initial_state(cell: nn.Module, x: torch.Tensor) -> State:
+    """The zero state of ``cell`` for the batch of ``x``: ``(h, c)`` for an LSTM cell, the
+    cell's own ``initial_state(x)`` where it has one, else one ``[batch, hidden]`` tensor."""
+    if hasattr(cell, "initial_state"):
+        return cell.initial_state(x)
+    zeros = x.new_zeros(x.shape[0], cell.hidden_size)
+    return (zeros, zeros.clone()) if isinstance(cell, nn.LSTMCell) else zeros
 
 
 def _map(fn, *states: State) -> State:
@@ -61,8 +81,11 @@ class ACT(nn.Module):
     r"""Wrap a recurrent cell so that it ponders a data-dependent number of steps per token.
 
     Args:
-        cell: an ``nn.RNNCell``, ``nn.GRUCell`` or ``nn.LSTMCell`` whose ``input_size`` is the
-            data's feature size + 1 (the first-step flag is prepended as the first column).
+        cell: a module with the ``nn.RNNCell`` call convention (``cell(x, state) -> state``,
+            the state a tensor or a tuple whose first element is the output; ``input_size``
+            and ``hidden_size`` attributes): ``nn.RNNCell``, ``GRUCell``, ``LSTMCell`` or a
+            researcher's own. Its ``input_size`` is the data's feature size + 1 (the
+            first-step flag is prepended as the first column).
         epsilon: eps of the halting threshold 1 - eps, in (0, 1).
         max_steps: M, the most ponder steps per token (>= 1).
         halting_bias: initial value of b_h (Graves: 1.0, so that early steps do not halt at once
@@ -70,7 +93,8 @@ class ACT(nn.Module):
 
     Inputs: ``x, state``
         x: ``[batch, time, features]``.
-        state: the cell's state, ``[batch, hidden]`` or for an LSTM ``(h, c)``; zeros if None.
+        state: the cell's state, ``[batch, hidden]`` or for an LSTM ``(h, c)``; zeros if None
+            (a tuple-state custom cell needs one, or an ``initial_state(x)`` method).
 
     Outputs: ``outputs, state, info``
         outputs: ``[batch, time, hidden]``, y_t for every token.
@@ -83,11 +107,14 @@ class ACT(nn.Module):
     """
 
     def __init__(
-        self, cell: Cell, epsilon: float = 0.01, max_steps: int = 100, halting_bias: float = 1.0
+        self,
+        cell: nn.Module,
+        epsilon: float = 0.01,
+        max_steps: int = 100,
+        halting_bias: float = 1.0,
     ) -> None:
         super().__init__()
-        if not isinstance(cell, (nn.RNNCell, nn.GRUCell, nn.LSTMCell)):
-            raise TypeError(f"ACT wraps an nn.RNNCell, GRUCell or LSTMCell, got {type(cell)!r}")
+        check_cell("ACT", cell)
         if not 0.0 < epsilon < 1.0:
             raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
         if max_steps < 1:
@@ -100,10 +127,6 @@ class ACT(nn.Module):
         self.halting = nn.Linear(cell.hidden_size, 1)
         with torch.no_grad():
             self.halting.bias.fill_(halting_bias)
-
-    def initial_state(self, x: torch.Tensor) -> State:
-        zeros = x.new_zeros(x.shape[0], self.hidden_size)
-        return (zeros, zeros.clone()) if isinstance(self.cell, nn.LSTMCell) else zeros
 
     def forward(
         self,
@@ -118,7 +141,7 @@ class ACT(nn.Module):
             )
         batch, time, _ = x.shape
         if state is None:
-            state = self.initial_state(x)
+            state = initial_state(self.cell, x)
         outputs, steps, remainders, probs, overflow = [], [], [], [], []
         for t in range(time):
             y, state, n_t, r_t, p_t, o_t = self._ponder(x[:, t], state, unroll, return_probs)

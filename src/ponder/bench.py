@@ -5,7 +5,9 @@ units, batch 32, M = 20) three things train from the same TensorFlow-style initi
 
 1. the **naive reference**, written below the way a user would write it in plain PyTorch: ACT as a
    module around an ``nn.RNNCell``/``nn.LSTMCell`` with a Python loop over ponder steps per token,
-   per-sample masks and an ``.any()`` check every step; Repeat-RNN (and the plain RNN, rho = 1) as
+   per-sample masks and an ``.any()`` check every step; PonderNet as a module around a cell that
+   unrolls its N steps, takes p as lambda times a cumulative product of (1 - lambda) and the KL
+   to the prior as sum p (log p - log p_G); Repeat-RNN (and the plain RNN, rho = 1) as
    ``nn.RNN``/``nn.LSTM`` over the ``repeat_interleave``-d sequence with a flag column; data made
    on the host and moved to the device every step; Adam.
 2. ponder's **single-run path**: the training loop's step for one run (``engine.Single``:
@@ -65,6 +67,12 @@ CASES = [
     Case("repeat rho=2", {"task": "parity", "model": "repeat", "rho": 2}),
     Case("repeat rho=8", {"task": "parity", "model": "repeat", "rho": 8}),
     Case("rnn", {"task": "parity", "model": "rnn"}),
+    Case(
+        "pondernet lambda_p=0.2",
+        {"task": "parity", "model": "pondernet", "lambda_p": 0.2},
+        ks=(1, 16),
+        quick_ks=(1, 16),
+    ),
     Case("act tau=1e-2", {"task": "addition", "model": "act", "tau": 1e-2}, quick_ks=(1, 16)),
     Case("repeat rho=5", {"task": "addition", "model": "repeat", "rho": 5}, quick_ks=(1, 16)),
 ]
@@ -156,6 +164,39 @@ class NaiveACT(nn.Module):
         return self.out(torch.stack(ys, 1)), torch.stack(costs, 1)
 
 
+class NaivePonderNet(nn.Module):
+    """PonderNet (Banino et al. 2021) the straightforward way: N steps, a prediction each."""
+
+    def __init__(self, inputs: int, hidden: int, outputs: int, lstm: bool, n: int):
+        super().__init__()
+        self.lstm = lstm
+        self.cell = (nn.LSTMCell if lstm else nn.RNNCell)(inputs + 1, hidden)
+        self.halt = nn.Linear(hidden, 1)
+        self.out = nn.Linear(hidden, outputs)
+        self.n, self.hidden = n, hidden
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[B, 1, F]`` (one token, as PonderNet's parity) -> every step's logits
+        ``[B, 1, N, O]`` and p ``[B, 1, N]``."""
+        b = x.shape[0]
+        h = x.new_zeros(b, self.hidden)
+        c = x.new_zeros(b, self.hidden)
+        logits, lambdas = [], []
+        for n in range(self.n):
+            flag = x.new_full((b, 1), 1.0 if n == 0 else 0.0)
+            inp = torch.cat([flag, x[:, 0]], 1)
+            if self.lstm:
+                h, c = self.cell(inp, (h, c))
+            else:
+                h = self.cell(inp, h)
+            logits.append(self.out(h))
+            lam = torch.sigmoid(self.halt(h))[:, 0]
+            lambdas.append(torch.ones_like(lam) if n == self.n - 1 else lam)
+        lam = torch.stack(lambdas, 1)  # (B, N)
+        not_yet = torch.cumprod(torch.cat([torch.ones_like(lam[:, :1]), 1 - lam[:, :-1]], 1), 1)
+        return torch.stack(logits, 1).unsqueeze(1), (lam * not_yet).unsqueeze(1)
+
+
 class NaiveRepeat(nn.Module):
     """Repeat-RNN (Fojo et al. 2018): every token fed rho times with a first-repeat flag."""
 
@@ -191,6 +232,10 @@ def _naive_model(config: RunConfig, task) -> nn.Module:
             task.input_size, config.hidden, task.output_size, lstm, config.epsilon,
             config.max_ponder,
         )  # fmt: skip
+    if config.model == "pondernet":
+        return NaivePonderNet(
+            task.input_size, config.hidden, task.output_size, lstm, config.max_ponder
+        )
     rho = config.rho if config.model == "repeat" else 1
     return NaiveRepeat(task.input_size, config.hidden, task.output_size, lstm, rho)
 
@@ -222,6 +267,20 @@ def naive_loss(task, logits: torch.Tensor, y: torch.Tensor, cost: torch.Tensor, 
         classes = task.groups[-1]
         task_loss = F.cross_entropy(logits.reshape(-1, classes), y.reshape(-1), ignore_index=IGNORE)
     return task_loss + tau * cost.mean()
+
+
+def naive_pondernet_loss(
+    logits: torch.Tensor, y: torch.Tensor, p: torch.Tensor, beta: float, lambda_p: float
+) -> torch.Tensor:
+    """Parity's PonderNet loss, written plainly: sum_n p_n BCE(yhat_n) + beta KL(p || p_G)."""
+    n = p.shape[-1]
+    target = y.float().unsqueeze(-1).expand(*p.shape)
+    rec = (p * F.binary_cross_entropy_with_logits(logits[..., 0], target, reduction="none")).sum(-1)
+    steps = torch.arange(n, dtype=p.dtype, device=p.device)
+    prior = lambda_p * (1 - lambda_p) ** steps
+    prior = prior / prior.sum()
+    kl = (p * (torch.log(p) - torch.log(prior))).sum(-1)
+    return (rec + beta * kl).mean()
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,8 +320,12 @@ def naive_step(
     def step() -> None:
         x, y = task.sample(config.batch_size, gen)
         x, y = x.to(device), y.to(device)
-        logits, cost = model(x)
-        loss = naive_loss(task, logits, y, cost, tau)
+        if config.model == "pondernet":
+            logits, p = model(x)
+            loss = naive_pondernet_loss(logits, y, p, config.beta, config.lambda_p)
+        else:
+            logits, cost = model(x)
+            loss = naive_loss(task, logits, y, cost, tau)
         opt.zero_grad()
         loss.backward()
         opt.step()

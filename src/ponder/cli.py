@@ -48,14 +48,16 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--config", type=Path, help="YAML file with any of the options below (flags win)")
     a("--task", help="parity | addition | logic | sort")
-    a("--model", help="rnn | act | repeat")
+    a("--model", help="rnn | act | repeat | pondernet")
     a("--cell", help="rnn | gru | lstm (default: the paper's for the task)")
     a("--hidden", type=int, help="units of the recurrent layer")
     a("--tau", type=float, help="ACT's time penalty")
     a("--rho", type=int, help="Repeat-RNN's repeats per token")
+    a("--lambda-p", type=float, help="PonderNet's geometric prior, in (0, 1] (default 0.2)")
+    a("--beta", type=float, help="PonderNet's weight of KL(p || prior) (default 0.01)")
     a("--epsilon", type=float, help="ACT's halting threshold is 1 - epsilon")
-    a("--max-ponder", type=int, help="ACT's most ponder steps per token, M")
-    a("--halting-bias", type=float, help="initial bias of ACT's halting unit")
+    a("--max-ponder", type=int, help="ACT's most ponder steps per token M; PonderNet's N (20)")
+    a("--halting-bias", type=float, help="initial halting-unit bias (ACT 1.0, PonderNet 0.0)")
     a("--init", help="tf (the authors' TensorFlow defaults) | torch (PyTorch's)")
     a("--ponder-loss", help="mean (authors' code) | sum (Graves) of the ponder cost over time")
     a("--batch-size", type=int)
@@ -296,7 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sweep the paper's experiments and write their report. With `all`, each "
         "task goes to its own directory, OUT/parity and OUT/addition.",
     )
-    p.add_argument("what", choices=["parity", "addition", "all"])
+    p.add_argument(
+        "what",
+        choices=["parity", "addition", "all", "pondernet"],
+        help="the Fojo paper's tables (parity, addition, all) or pondernet: PonderNet beside "
+        "ACT and Repeat on 64-bit parity (grid parity-pondernet, 3 seeds)",
+    )
     p.add_argument("--out", type=Path, required=True, help="sweep directory")
     p.add_argument(
         "--quick",

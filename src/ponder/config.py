@@ -32,7 +32,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "logic": {"cell": "lstm", "hidden": 128, "batch_size": 16, "max_ponder": 100},
     "sort": {"cell": "lstm", "hidden": 512, "batch_size": 16, "max_ponder": 100},
 }
-MODELS = ("rnn", "act", "repeat")
+MODELS = ("rnn", "act", "repeat", "pondernet")
 CELLS = ("rnn", "gru", "lstm")
 DEVICES = ("auto", "cpu", "cuda")
 INITS = ("tf", "torch")
@@ -41,13 +41,22 @@ PONDER_LOSSES = ("mean", "sum")
 # Fields that change what a run computes. A run directory refuses a config that differs in any of
 # these; the others (budget, stopping, device, logging to screen) may change on resume.
 RESUMABLE_FIELDS = ("steps", "stop_when_solved", "device", "cuda_graphs", "progress")
-# Fields a model ignores: ACT's for the others (a fixed ponder cost is no penalty), rho for all
-# but Repeat. ``identity`` sets them to None, so they never make two runs differ.
-ACT_ONLY = ("tau", "epsilon", "max_ponder", "halting_bias", "ponder_loss")
-REPEAT_ONLY = ("rho",)
+# The fields each model reads of the ponder options; the others ignore them (a fixed ponder cost
+# is no penalty). ``identity`` sets ignored fields to None, so they never make two runs differ.
+MODEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "rnn": (),
+    "act": ("tau", "epsilon", "max_ponder", "halting_bias", "ponder_loss"),
+    "repeat": ("rho",),
+    "pondernet": ("lambda_p", "beta", "max_ponder", "halting_bias", "ponder_loss"),
+}
+PONDER_FIELDS = tuple(dict.fromkeys(f for fs in MODEL_FIELDS.values() for f in fs))
 # What may differ between the members of one stacked ensemble (besides the resumable fields).
-ENSEMBLE_MEMBER_FIELDS = ("seed", "tau")
-FLOAT_FIELDS = ("tau", "epsilon", "halting_bias", "lr", "solve_threshold")
+ENSEMBLE_MEMBER_FIELDS = ("seed", "tau", "lambda_p", "beta")
+FLOAT_FIELDS = ("tau", "epsilon", "halting_bias", "lr", "solve_threshold", "lambda_p", "beta")
+# PonderNet's own defaults where the field is shared with ACT (Banino et al.: N = 20; an
+# unbiased halting unit).
+PONDERNET_DEFAULTS = {"max_ponder": 20, "halting_bias": 0.0}
+ACT_HALTING_BIAS = 1.0  # Graves: b_h starts at 1 so that early steps do not halt by chance
 
 
 @dataclass
@@ -62,8 +71,10 @@ class RunConfig:
     tau: float = 1e-3  # ACT's time penalty
     rho: int = 2  # Repeat-RNN's repeats per token
     epsilon: float = 0.01
-    max_ponder: int | None = None  # M
-    halting_bias: float = 1.0
+    max_ponder: int | None = None  # M (ACT), N (PonderNet)
+    halting_bias: float | None = None  # ACT: 1.0, PonderNet: 0.0
+    lambda_p: float = 0.2  # PonderNet's geometric prior
+    beta: float = 0.01  # PonderNet's KL weight
     init: str = "tf"  # "tf" (the authors' TensorFlow defaults) or "torch"
     ponder_loss: str = "mean"  # "mean" over time steps (authors' code) or "sum" (Graves)
     batch_size: int | None = None
@@ -93,11 +104,9 @@ class RunConfig:
         d = self.to_dict()
         for k in (*RESUMABLE_FIELDS, *ignore):
             d.pop(k, None)
-        unused = (ACT_ONLY if self.model != "act" else ()) + (
-            REPEAT_ONLY if self.model != "repeat" else ()
-        )
-        for k in unused:
-            if k in d:
+        used = MODEL_FIELDS.get(self.model, PONDER_FIELDS)
+        for k in PONDER_FIELDS:
+            if k in d and k not in used:
                 d[k] = None
         return d
 
@@ -190,6 +199,12 @@ def resolve(config: RunConfig) -> RunConfig:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"task {c.task}: {e}") from None
     c.task_options = _task_options(task, c.task_options)
+    if c.model == "pondernet":
+        for k, v in PONDERNET_DEFAULTS.items():
+            if getattr(c, k) is None:
+                setattr(c, k, v)
+    if c.halting_bias is None:
+        c.halting_bias = ACT_HALTING_BIAS
     for k, v in TASK_DEFAULTS[c.task].items():
         if getattr(c, k) is None:
             setattr(c, k, v)
@@ -201,6 +216,9 @@ def resolve(config: RunConfig) -> RunConfig:
         (c.ponder_loss in PONDER_LOSSES, f"ponder_loss must be one of {PONDER_LOSSES}"),
         (math.isfinite(c.tau) and c.tau >= 0, f"tau must be >= 0, got {c.tau}"),
         (c.rho >= 1, f"rho must be >= 1, got {c.rho}"),
+        (0 < c.lambda_p <= 1, f"lambda_p must be in (0, 1], got {c.lambda_p}"),
+        (math.isfinite(c.beta) and c.beta >= 0, f"beta must be >= 0, got {c.beta}"),
+        (math.isfinite(c.halting_bias), f"halting_bias must be finite, got {c.halting_bias}"),
         (0 < c.epsilon < 1, f"epsilon must be in (0, 1), got {c.epsilon}"),
         (c.max_ponder >= 1, f"max_ponder must be >= 1, got {c.max_ponder}"),
         (c.hidden >= 1, f"hidden must be >= 1, got {c.hidden}"),
@@ -235,8 +253,10 @@ def run_name(config: RunConfig, varied: dict[str, Any] | None = None) -> str:
         parts.append(f"tau{config.tau:g}")
     elif config.model == "repeat":
         parts.append(f"rho{config.rho}")
+    elif config.model == "pondernet":
+        parts.append(f"lambdap{config.lambda_p:g}")
     for key, value in (varied or {}).items():
-        if key in ("model", "tau", "rho"):
+        if key in ("model", "tau", "rho", "lambda_p"):
             continue
         leaf = key.split(".")[-1].replace("_", "")
         parts.append(f"{leaf}{value:g}" if isinstance(value, float) else f"{leaf}{value}")

@@ -8,14 +8,17 @@ summary are written once, in the loop.
 
 The loss is the authors' code's: per sequence, the task loss (mean over its classifications)
 plus tau times the ponder cost averaged over time steps (``ponder_loss="sum"``: summed, as in
-Graves), then the batch mean. The optimizer is the paper's Adam. Every random number comes from
-a generator seeded from the run's seed (``derive_seed``): the same seed gives the same run.
+Graves), then the batch mean. PonderNet's is the task loss of every step's prediction weighted
+by p, plus beta times KL(p || p_G) averaged over time steps, then the batch mean. The optimizer
+is the paper's Adam. Every random number comes from a generator seeded from the run's seed
+(``derive_seed``): the same seed gives the same run.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -24,6 +27,7 @@ from . import tasks
 from .config import RunConfig
 from .graphs import Stepper
 from .models import ModelSpec, TaskNet, build_model
+from .pondernet import regulariser
 from .rundir import RunError
 
 # Window sums accumulated on the device between logs (no host sync inside a step), per run.
@@ -77,6 +81,43 @@ def build(config: RunConfig) -> tuple[tasks.Task, ModelSpec]:
 def effective_tau(config: RunConfig) -> float:
     """The time penalty the loss applies: tau for ACT, 0 where the ponder cost is fixed."""
     return config.tau if config.model == "act" else 0.0
+
+
+@dataclass
+class Penalty:
+    """What the loss adds to the task loss, per run (floats, or ``[K, 1]`` tensors for an
+    ensemble): ACT's tau, or PonderNet's KL weight beta and prior lambda_p."""
+
+    tau: float | torch.Tensor = 0.0
+    beta: float | torch.Tensor = 0.0
+    lambda_p: float | torch.Tensor = 1.0
+
+    @classmethod
+    def of(cls, configs: list[RunConfig], device: torch.device) -> Penalty:
+        """One run's penalty as floats; several runs' as ``[K, 1]`` tensors on ``device``."""
+        pond = [c.model == "pondernet" for c in configs]
+        values = {
+            "tau": [effective_tau(c) for c in configs],
+            "beta": [c.beta if p else 0.0 for c, p in zip(configs, pond, strict=True)],
+            "lambda_p": [c.lambda_p if p else 1.0 for c, p in zip(configs, pond, strict=True)],
+        }
+        if len(configs) == 1:
+            return cls(**{k: v[0] for k, v in values.items()})
+        return cls(**{k: torch.tensor(v, device=device).unsqueeze(1) for k, v in values.items()})
+
+
+def halting_uniforms(
+    config: RunConfig, shape: tuple[int, ...], generator: torch.Generator | None = None
+) -> torch.Tensor | None:
+    """The uniforms PonderNet's halting steps are drawn with, ``[*shape, N]`` (None for the
+    other models): from ``generator`` (a training step: the run's data stream, after its
+    batch) or, for evaluation, from a generator of their own seeded from ``eval_seed``, so
+    every evaluation of every run halts by the same draws."""
+    if config.model != "pondernet":
+        return None
+    if generator is None:
+        generator = torch.Generator().manual_seed(derive_seed(config.eval_seed, "halting"))
+    return torch.rand((*shape, config.max_ponder), generator=generator, device=generator.device)
 
 
 def make_adam(
@@ -141,16 +182,43 @@ def objective(
     logits: torch.Tensor,
     targets: torch.Tensor,
     info: dict[str, torch.Tensor],
-    tau: float | torch.Tensor,
+    penalty: Penalty | float | torch.Tensor,
     ponder_loss: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence ``(loss, task_loss)``, ``[...]``: task loss + tau * ponder term."""
+    """Per-sequence ``(loss, task_loss)``, ``[...]``: task loss + tau * ponder term (ACT), or
+    PonderNet's expected task loss + beta * KL(p || p_G). A bare number is tau."""
+    if not isinstance(penalty, Penalty):
+        penalty = Penalty(tau=penalty)
+    if "log_p" in info:
+        return _pondernet_objective(task, targets, info, penalty, ponder_loss)
     task_loss = task.loss(logits, targets)
+    tau = penalty.tau
     if isinstance(tau, float) and tau == 0.0:  # no penalty (Repeat, the RNN): nothing to add
         return task_loss, task_loss
     cost = info["ponder_cost"]  # rho_t = N(t) + R(t), (..., T)
     ponder = cost.mean(-1) if ponder_loss == "mean" else cost.sum(-1)
     return task_loss + tau * ponder, task_loss
+
+
+def _pondernet_objective(
+    task: tasks.Task,
+    targets: torch.Tensor,
+    info: dict[str, torch.Tensor],
+    penalty: Penalty,
+    ponder_loss: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_rec = sum_n p_t^n L(y_t, yhat_t^n) per token, its mean over the tokens with a target;
+    plus beta * KL(p_t || p_G), averaged (or summed) over time. Per sequence."""
+    log_p = info["log_p"]  # (..., T, N)
+    per_step, valid = task.step_losses(info["step_logits"], targets)  # (..., T, N), (..., T)
+    expected = (log_p.exp() * per_step).sum(-1)  # (..., T)
+    total = torch.where(valid, expected, 0.0).sum(-1)
+    rec = total / valid.sum(-1).clamp(min=1).to(total.dtype)
+    lam = penalty.lambda_p
+    lam = lam.unsqueeze(-1) if isinstance(lam, torch.Tensor) else lam  # (K, 1, 1) over (K, B, T)
+    kl = regulariser(log_p, lam)  # (..., T)
+    reg = kl.mean(-1) if ponder_loss == "mean" else kl.sum(-1)
+    return rec + penalty.beta * reg, rec
 
 
 def forward_backward(
@@ -159,20 +227,23 @@ def forward_backward(
     task: tasks.Task,
     x: torch.Tensor,
     y: torch.Tensor,
-    tau: float | torch.Tensor,
+    penalty: Penalty | float | torch.Tensor,
     ponder_loss: str = "mean",
     alive: torch.Tensor | None = None,
     unroll: int | None = None,
+    uniforms: torch.Tensor | None = None,
 ):
     """The gradients of one batch, in each parameter's ``.grad``; returns each run's loss (``[]``,
     or ``[K]`` for an ensemble), the per-sequence task loss, the logits (detached) and the
     model's info.
 
     ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped;
-    ``unroll`` is ACT's fixed unroll (``ponder.act``). No number leaves the device here.
+    ``unroll`` is ACT's fixed unroll (``ponder.act``); ``uniforms`` draw PonderNet's halting
+    steps (``halting_uniforms``). No number leaves the device here.
     """
-    logits, info = net(x) if unroll is None else net(x, unroll=unroll)
-    loss_seq, task_loss = objective(task, logits, y, info, tau, ponder_loss)
+    extra = {} if uniforms is None else {"uniforms": uniforms}
+    logits, info = net(x, **extra) if unroll is None else net(x, unroll=unroll, **extra)
+    loss_seq, task_loss = objective(task, logits, y, info, penalty, ponder_loss)
     loss = loss_seq.mean(-1)  # the batch mean, per run
     total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
     # While a CUDA graph records, the gradients are zeroed in place: the graph's update reads
@@ -205,16 +276,18 @@ def make_stepper(
     task: tasks.Task,
     sample: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     generators: list[torch.Generator],
-    tau: float | torch.Tensor,
+    penalty: Penalty,
     window: torch.Tensor,
     alive: torch.Tensor | None = None,
     graphs: bool = False,
+    draw: Callable[[], torch.Tensor | None] = lambda: None,
 ) -> Stepper:
-    """The training step of an engine: eager, or replayed from CUDA graphs (``ponder.graphs``)."""
+    """The training step of an engine: eager, or replayed from CUDA graphs (``ponder.graphs``).
+    ``draw()`` gives PonderNet's halting uniforms, drawn after the batch (None otherwise)."""
     return Stepper(
         sample=sample,
         grad=lambda x, y, unroll: forward_backward(
-            net, opt, task, x, y, tau, config.ponder_loss, alive, unroll
+            net, opt, task, x, y, penalty, config.ponder_loss, alive, unroll, draw()
         ),
         opt=opt,
         window=window,
@@ -268,14 +341,18 @@ class Single:
         self.reseeded = [reseeded]
         self.window = torch.zeros(1, len(WINDOW), device=device)
         self.net.train()
+        self.config = config
         task, gen, batch = self.task, self.gen, config.batch_size
+        shape = (batch, task.seq_len)
         self.stepper = make_stepper(
             config, self.net, self.opt, task, lambda: task.sample(batch, gen), [gen],
-            effective_tau(config), self.window, graphs=graphs,
+            Penalty.of([config], device), self.window, graphs=graphs,
+            draw=lambda: halting_uniforms(config, shape, gen),
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits, info = self.net(x)
+        u = halting_uniforms(self.config, x.shape[:2])
+        logits, info = self.net(x) if u is None else self.net(x, uniforms=u.to(x.device))
         return logits.unsqueeze(0), {k: v.unsqueeze(0) for k, v in info.items()}
 
     def modules(self) -> torch.nn.Module:

@@ -32,7 +32,8 @@ from torch import nn
 from . import engine
 from .act import ponder_token, take_rows
 from .config import RunConfig
-from .models import ModelSpec, TaskNet
+from .models import ModelSpec, TaskNet, pondernet_head
+from .pondernet import expected_steps, log_halting, sample_halting
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -109,9 +110,12 @@ class Ensemble(nn.Module):
         return {name: self.p(name)[k].detach().clone() for name in self.names}
 
     def forward(
-        self, x: torch.Tensor, unroll: int | None = None
+        self, x: torch.Tensor, unroll: int | None = None, uniforms: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``unroll``: as ``TaskNet.forward`` (ACT only; ``info["overflow"]`` over all runs)."""
+        """``unroll`` and ``uniforms`` (``[K, B, T, N]``): as ``TaskNet.forward`` (ACT's
+        ``info["overflow"]`` is over all runs)."""
+        if self.spec.model == "pondernet":
+            return self._pondernet(x, uniforms)
         if self.spec.model == "act":
             y, info = self._act(x, unroll)
         else:
@@ -204,6 +208,47 @@ class Ensemble(nn.Module):
             info["overflow"] = torch.stack(overflow).any()
         return torch.stack(outs, 2), info
 
+    def _pondernet(self, x: torch.Tensor, uniforms: torch.Tensor):
+        """PonderNet (``ponder.pondernet``) over runs x samples: N steps per token for all."""
+        k, b, t, _ = x.shape
+        n_steps = self.spec.max_ponder
+        w_ih, w_hh, b_ih, b_hh = self._weights("core.cell")
+        fold = self.spec.cell != "gru"  # b_hh joins the input part (see _recur)
+        w_halt, b_halt = self.p("core.halting.weight"), self.p("core.halting.bias")
+        w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
+        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
+        b_gh = None if fold else b_hh
+        state = self._zero_state(x)
+        outs, logits, halting = [], [], []
+        for i in range(t):
+            s, states = state, []
+            for n in range(n_steps):
+                gi = g_tokens[i] + w_flag if n == 0 else g_tokens[i]
+                s = _recur(self.spec.cell, gi, s[0] if isinstance(s, tuple) else s, w_hh, b_gh, s)
+                states.append(s)
+            ys = torch.stack([s[0] if isinstance(s, tuple) else s for s in states], 2)
+            z = _linear(ys, w_halt, b_halt).squeeze(-1)  # (K, B, N)
+            lambdas, _ = log_halting(z)
+            n_star = sample_halting(lambdas.detach(), uniforms[:, :, i])  # (K, B)
+            pick = (n_star - 1)[None, :, :, None].expand(1, k, b, self.spec.hidden)
+
+            def at_halt(*parts, pick=pick):  # s_t^{n*}: the next token starts there
+                return torch.stack(parts).gather(0, pick)[0]
+
+            state = tuple(map(at_halt, *states)) if isinstance(s, tuple) else at_halt(*states)
+            outs.append(ys)
+            logits.append(z)
+            halting.append(n_star)
+        z = torch.stack(logits, 2)  # (K, B, T, N)
+        _, log_p = log_halting(z)
+        core = {
+            "log_p": log_p,
+            "halting_step": torch.stack(halting, 2),
+            "expected_steps": expected_steps(log_p.exp()),
+        }
+        ys = torch.stack(outs, 2)  # (K, B, T, N, H)
+        return pondernet_head(_linear(ys, self.p("readout.weight"), self.p("readout.bias")), core)
+
 
 def stack_optimizer_states(ens: Ensemble, states: list[dict]) -> dict:
     """Single-run Adam state dicts (TaskNet parameter order) -> one for the ensemble."""
@@ -266,19 +311,28 @@ class Stacked:
         ]
         self.gens = [g for g, _ in drawn]
         self.reseeded = [r for _, r in drawn]
-        taus = [engine.effective_tau(c) for c in configs]
-        tau = torch.tensor(taus, device=device).unsqueeze(1)  # (K, 1): each member's own penalty
         self.alive = torch.ones(self.k, dtype=torch.bool, device=device)  # members still training
         self.window = torch.zeros(self.k, len(engine.WINDOW), device=device)
         self.ens.train()
+        self.config = c0
         task, gens, batch = self.task, self.gens, c0.batch_size
+        shape = (batch, task.seq_len)
+
+        def draw():  # PonderNet's halting uniforms: each member's from its own stream
+            u = [engine.halting_uniforms(c0, shape, g) for g in gens]
+            return None if u[0] is None else torch.stack(u)
+
         self.stepper = engine.make_stepper(
-            c0, self.ens, self.opt, task, lambda: task.sample_many(batch, gens), gens, tau,
-            self.window, self.alive, graphs,
+            c0, self.ens, self.opt, task, lambda: task.sample_many(batch, gens), gens,
+            engine.Penalty.of(configs, device), self.window, self.alive, graphs, draw,
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.ens(x.unsqueeze(0).expand(self.k, *x.shape))
+        xs = x.unsqueeze(0).expand(self.k, *x.shape)
+        u = engine.halting_uniforms(self.config, x.shape[:2])
+        if u is None:
+            return self.ens(xs)
+        return self.ens(xs, uniforms=u.to(x.device).expand(self.k, *u.shape))
 
     def modules(self) -> torch.nn.Module:
         return self.ens

@@ -29,7 +29,7 @@ import matplotlib
 import numpy as np
 
 from . import metrics, rundir
-from .results import ConfigRow, RunResult, probe_ponder, quartiles
+from .results import ADAPTIVE, ConfigRow, RunResult, probe_ponder, quartiles
 from .rundir import RunError
 
 matplotlib.use("Agg")  # headless: reports are built on servers and in CI, before pyplot loads
@@ -135,12 +135,14 @@ def _colors(n: int) -> list:
     return [plt.get_cmap("viridis")(x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
 
 
-def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path) -> bool:
-    """Accuracy (top) and ACT's ponder (bottom) against steps, one line per tau plus the RNN as
-    "no ACT": the paper's figures 5 and 7. Returns False (and writes nothing) without ACT runs."""
-    act = [r for r in rows if r.task == task and r.model == "act"]
+def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path, model: str = "act") -> bool:
+    """Accuracy (top) and ponder (bottom) against steps, one line per tau plus the RNN as
+    "no ACT": the paper's figures 5 and 7 (``model="pondernet"``: one line per lambda_p, the
+    sampled halting step below). Returns False (and writes nothing) without such runs."""
+    act = [r for r in rows if r.task == task and r.model == model]
     if not act:
         return False
+    name = {"act": "ACT", "pondernet": "PonderNet"}[model]
     plain = [r for r in rows if r.task == task and r.model == "rnn"]
     fig, (top, bottom) = plt.subplots(
         2, 1, sharex=True, figsize=(8, 7), gridspec_kw={"height_ratios": [2, 1]}
@@ -150,10 +152,10 @@ def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path) -> bool:
         _plot_seeds(top, row.runs, "accuracy", end, row.legend, color)
         _plot_seeds(bottom, row.runs, "repetitions_curve", end, row.legend, color)
     for row in plain:
-        label = "no ACT" + (f" ({row.variant})" if row.variant else "")
+        label = f"no {name}" + (f" ({row.variant})" if row.variant else "")
         _plot_seeds(top, row.runs, "accuracy", end, label, "black")
     top.set_title(
-        f"{task}: ACT, median over all seeds (band: 25th-75th percentile), smoothed;\n"
+        f"{task}: {name}, median over all seeds (band: 25th-75th percentile), smoothed;\n"
         "solved seeds keep their last value (dotted)",
         fontsize="medium",
     )
@@ -161,7 +163,7 @@ def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path) -> bool:
     _legend(top)
     top.grid(alpha=0.3)
     bottom.set_xlabel("training step")
-    bottom.set_ylabel(PONDER_LABEL)
+    bottom.set_ylabel(PONDER_LABEL if model == "act" else "sampled halting step")
     _legend(bottom)
     bottom.grid(alpha=0.3)
     _save(fig, path)
@@ -276,7 +278,7 @@ def plot_ponder_difficulty(
 ) -> bool:
     """Mean ponder per input difficulty, one line per tau (median over seeds, band 25th-75th
     percentile): Graves 2016's finding that ACT ponders longer on harder inputs."""
-    act = [r for r in rows if r.task == task and r.model == "act"]
+    act = [r for r in rows if r.task == task and r.model in ADAPTIVE]
     act = [row for row in act if any(r.path in probes for r in row.runs)]
     if not act:
         return False
@@ -294,12 +296,12 @@ def plot_ponder_difficulty(
         if not curves:
             continue
         x, mid, lo, hi = _band(curves)
-        ax.plot(x, mid, marker="o", ms=3, color=color, label=row.legend)
+        ax.plot(x, mid, marker="o", ms=3, color=color, label=row.label)
         ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
-    ax.set_title(f"{task}: trained ACT's ponder against input difficulty (median over seeds)")
+    ax.set_title(f"{task}: trained networks' ponder against input difficulty (median over seeds)")
     ax.set_xlabel(DIFFICULTY_LABEL.get(task, "difficulty"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"mean {PONDER_LABEL}")
+    ax.set_ylabel(f"mean {PONDER_LABEL}\n(PonderNet: sampled halting step)")
     _legend(ax)
     ax.grid(alpha=0.3)
     _save(fig, path)
@@ -335,6 +337,13 @@ def build_figures(
             name,
             f"{task}: training accuracy and ACT's ponder against steps, per tau; {CURVES_NOTE}",
         )
+        name = f"{task}-accuracy-pondernet.png"
+        add(
+            plot_accuracy_tau(rows, task, root / name, "pondernet"),
+            name,
+            f"{task}: training accuracy and PonderNet's sampled halting step against steps, per "
+            f"lambda_p; {CURVES_NOTE}",
+        )
         name = f"{task}-accuracy-rho.png"
         add(
             plot_accuracy_rho(rows, task, root / name),
@@ -344,7 +353,7 @@ def build_figures(
 
     probes: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
     for row in rows:
-        if row.model != "act" or difficulty_samples < 1:
+        if row.model not in ADAPTIVE or difficulty_samples < 1:
             continue
         for r in row.runs:
             if not rundir.has_checkpoint(r.path):
@@ -366,6 +375,7 @@ def build_figures(
         add(
             plot_ponder_difficulty(rows, probes, task, root / name),
             name,
-            f"{task}: trained ACT's {PONDER_LABEL} against input difficulty",
+            f"{task}: trained ACT's {PONDER_LABEL} (PonderNet: its sampled halting step) "
+            "against input difficulty",
         )
     return figures, notes

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .act import ACT
+from .pondernet import PonderNet
 from .repeat import Repeat
 
 CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
@@ -33,7 +34,7 @@ class ModelSpec:
 
     input_size: int
     output_size: int
-    model: str = "act"  # "rnn" | "act" | "repeat"
+    model: str = "act"  # "rnn" | "act" | "repeat" | "pondernet"
     cell: str = "rnn"  # "rnn" | "gru" | "lstm"
     hidden: int = 128
     rho: int = 1
@@ -45,10 +46,12 @@ class ModelSpec:
 class TaskNet(nn.Module):
     """``logits, info = net(x)``: x ``[B, T, input_size]`` -> logits ``[B, T, output_size]``.
 
-    The task's network around a recurrent core (the plain RNN, ACT or Repeat). ``info`` holds
-    ``[B, T]`` tensors: ``ponder_steps`` N(t) (float), ``ponder_cost`` N(t) + R(t) (the term
-    the loss penalises, differentiable through R for ACT) and ``repetitions``, what the Fojo
-    paper reports as "average repetitions": N(t) - 1 + R(t) for ACT, rho for Repeat and the RNN.
+    The task's network around a recurrent core (the plain RNN, ACT, Repeat or PonderNet).
+    ``info`` holds ``[B, T]`` tensors: ``ponder_steps`` N(t) (float), ``ponder_cost`` N(t) + R(t)
+    (the term the loss penalises, differentiable through R for ACT) and ``repetitions``, what the
+    Fojo paper reports as "average repetitions": N(t) - 1 + R(t) for ACT, rho for Repeat and the
+    RNN. For PonderNet they are the sampled halting step and the expected steps
+    (``pondernet_head``), and ``log_p`` and ``step_logits`` feed its loss.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -58,6 +61,9 @@ class TaskNet(nn.Module):
         if spec.model == "act":
             cell = CELLS[spec.cell](flagged, spec.hidden)
             self.core = ACT(cell, spec.epsilon, spec.max_ponder, spec.halting_bias)
+        elif spec.model == "pondernet":
+            cell = CELLS[spec.cell](flagged, spec.hidden)
+            self.core = PonderNet(cell, spec.max_ponder, spec.halting_bias)
         elif spec.model in ("repeat", "rnn"):
             rho = spec.rho if spec.model == "repeat" else 1
             layer = LAYERS[spec.cell](flagged, spec.hidden, batch_first=True)
@@ -67,10 +73,14 @@ class TaskNet(nn.Module):
         self.readout = nn.Linear(spec.hidden, spec.output_size)
 
     def forward(
-        self, x: torch.Tensor, unroll: int | None = None
+        self, x: torch.Tensor, unroll: int | None = None, uniforms: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``unroll`` (ACT only) runs a fixed number of ponder steps and adds ``overflow`` to
-        ``info`` (see ``ponder.act``); the other cores ignore it."""
+        ``info`` (see ``ponder.act``); ``uniforms`` (PonderNet only, ``[B, T, N]``) draw its
+        halting steps; the other cores ignore them."""
+        if isinstance(self.core, PonderNet):
+            ys, _, core_info = self.core(x, uniforms=uniforms)
+            return pondernet_head(self.readout(ys), core_info)
         if isinstance(self.core, ACT):
             y, _, act_info = self.core(x, unroll=unroll)
             steps = act_info["steps"].to(y.dtype)
@@ -88,6 +98,27 @@ class TaskNet(nn.Module):
         return self.readout(y), info
 
 
+def pondernet_head(
+    step_logits: torch.Tensor, core: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PonderNet's logits and info from every step's logits ``[..., T, N, O]`` and its core's
+    info: the prediction is the one at the sampled halting step; ``ponder_steps`` and
+    ``repetitions`` are that step (the steps an inference computes), ``ponder_cost`` the
+    expected steps sum_n n p^n; ``log_p`` and ``step_logits`` are what the loss needs."""
+    n_star = core["halting_step"]  # (..., T)
+    index = (n_star - 1)[..., None, None].expand(*n_star.shape, 1, step_logits.shape[-1])
+    logits = step_logits.gather(-2, index).squeeze(-2)
+    steps = n_star.to(step_logits.dtype)
+    info = {
+        "ponder_steps": steps,
+        "ponder_cost": core["expected_steps"],
+        "repetitions": steps,
+        "log_p": core["log_p"],
+        "step_logits": step_logits,
+    }
+    return logits, info
+
+
 def _glorot_(w: torch.Tensor, fan_in: int, fan_out: int, gen: torch.Generator) -> None:
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     w.copy_(torch.rand(w.shape, generator=gen, dtype=w.dtype) * (2 * limit) - limit)
@@ -102,7 +133,8 @@ def init_weights(net: TaskNet, scheme: str, generator: torch.Generator) -> None:
     """Re-draw every parameter of ``net`` from ``generator`` (a CPU generator) by ``scheme``."""
     spec = net.spec
     hidden, gates = spec.hidden, GATES[spec.cell]
-    core = net.core.cell if isinstance(net.core, ACT) else net.core.rnn
+    halting = isinstance(net.core, (ACT, PonderNet))
+    core = net.core.cell if halting else net.core.rnn
     params = dict(core.named_parameters())
     weights = sorted(k for k in params if k.startswith("weight_"))
     biases = sorted(k for k in params if k.startswith("bias_"))
@@ -112,7 +144,7 @@ def init_weights(net: TaskNet, scheme: str, generator: torch.Generator) -> None:
         out = net.readout
         _uniform_(out.weight, 1.0 / math.sqrt(out.in_features), generator)
         _uniform_(out.bias, 1.0 / math.sqrt(out.in_features), generator)
-        if isinstance(net.core, ACT):
+        if halting:
             _uniform_(net.core.halting.weight, 1.0 / math.sqrt(hidden), generator)
             net.core.halting.bias.fill_(spec.halting_bias)
         return
@@ -134,7 +166,7 @@ def init_weights(net: TaskNet, scheme: str, generator: torch.Generator) -> None:
     out = net.readout
     _glorot_(out.weight, out.in_features, out.out_features, generator)
     _glorot_(out.bias, out.out_features, out.out_features, generator)
-    if isinstance(net.core, ACT):
+    if halting:
         _glorot_(net.core.halting.weight, hidden, 1, generator)
         net.core.halting.bias.fill_(spec.halting_bias)
 

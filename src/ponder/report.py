@@ -90,15 +90,26 @@ def _status_note(row: ConfigRow) -> str:
 # reached: the quantile is then beyond ``steps_followed``, the most steps any seed ran.
 # ``provisional`` says why the row's numbers may still change (empty when they will not).
 CSV_COLUMNS = [
-    "task", "task_options", "model", "cell", "tau", "rho", "variant", "runs", "seeds",
+    "task", "task_options", "model", "cell", "tau", "rho", "lambda_p", "variant", "runs", "seeds",
     "solved", "solved_k", "solved_n", "solved_wilson_low", "solved_wilson_high",
     "median_steps_to_solve", "iqr25_steps_to_solve", "iqr75_steps_to_solve",
     "eval_solved", "eval_solved_wilson_low", "eval_solved_wilson_high",
     "median_eval_steps_to_solve", "iqr25_eval_steps_to_solve", "iqr75_eval_steps_to_solve",
-    "steps_followed", "median_repetitions", "median_ponder_steps", "finished",
+    "steps_followed", "median_repetitions", "median_ponder_steps", "median_expected_steps",
+    "finished",
     "diverged", "failed", "unfinished", "provisional", "budget", "paper_solved",
     "paper_steps_to_solve", "paper_repetitions",
 ]  # fmt: skip
+
+
+def _mean_steps(row: ConfigRow) -> str:
+    """ACT's N(t); PonderNet's sampled / expected steps; empty for the fixed models."""
+    if row.median_ponder_steps is None:
+        return ""
+    text = f"{row.median_ponder_steps:.2f}"
+    if row.median_expected_steps is not None:
+        text += f" / {row.median_expected_steps:.2f}"
+    return text
 
 
 def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
@@ -113,6 +124,7 @@ def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
             "cell": row.cell,
             "tau": "" if row.tau is None else repr(row.tau),
             "rho": _num(row.rho),
+            "lambda_p": "" if row.lambda_p is None else repr(row.lambda_p),
             "variant": row.variant,
             "runs": str(n),
             "seeds": " ".join(str(r.config.seed) for r in row.runs),
@@ -133,6 +145,7 @@ def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
             "steps_followed": str(row.followed_steps),
             "median_repetitions": _num(row.median_repetitions),
             "median_ponder_steps": _num(row.median_ponder_steps),
+            "median_expected_steps": _num(row.median_expected_steps),
             **{s: str(row.counts.get(s, 0)) for s in STATUSES},
             "provisional": row.provisional,
             "budget": " ".join(str(b) for b in sorted({r.config.steps for r in row.runs})),
@@ -252,7 +265,10 @@ def write_markdown(
         "than that quantile needs, within T steps, the most any seed ran. *held-out*: the same "
         "for the first log whose accuracy on the fixed held-out set reaches the threshold. "
         "*average repetitions*: median over runs of the last logged N(t) - 1 + R(t) for ACT (the "
-        "paper's column), rho for Repeat; *mean N*: ACT's mean ponder steps N(t). A model "
+        "paper's column), rho for Repeat, the sampled halting step for PonderNet; *mean N*: "
+        "ACT's mean ponder steps N(t), PonderNet's mean sampled halting step (what an inference "
+        "that stops at the halt computes) and, after the slash, its expected steps sum_n n p_n. "
+        "A model "
         "marked * has provisional numbers (see below its table). The paper reports a single run "
         'per row; "differs: ..." in its columns: our runs\' network or training protocol is not '
         "the paper's (the settings named).",
@@ -285,7 +301,7 @@ def write_markdown(
                     n,
                 ),
                 "-" if row.median_repetitions is None else f"{row.median_repetitions:.2f}",
-                "" if row.median_ponder_steps is None else f"{row.median_ponder_steps:.2f}",
+                _mean_steps(row),
                 _status_note(row),
             ]
             if has_paper:

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from . import metrics, rundir, tasks, train
-from .config import TASK_DEFAULTS, RunConfig
+from .config import ACT_HALTING_BIAS, TASK_DEFAULTS, RunConfig
+from .engine import halting_uniforms
 from .rundir import RunError
 
 STATUSES = ("finished", "diverged", "failed", "unfinished")
@@ -88,6 +89,7 @@ DIFFERS = "differs: "  # + the settings that are not the paper's protocol, e.g. 
 # The training protocol of the Fojo paper beyond the task's network (config.TASK_DEFAULTS): the
 # RunConfig defaults are the paper's values (SPEC.md, "Training protocol of the Fojo paper").
 PROTOCOL_FIELDS = ("init", "lr", "epsilon", "halting_bias", "ponder_loss")
+ADAPTIVE = ("act", "pondernet")  # the models whose steps per token vary
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +109,8 @@ class RunResult:
     steps_to_solve: int | None  # paper criterion, recomputed from metrics.csv
     eval_steps_to_solve: int | None  # first log with held-out accuracy >= threshold
     repetitions: float | None  # the repetitions of the last logged row
-    ponder_steps: float | None  # N(t) of the last logged row (ACT only)
+    ponder_steps: float | None  # N(t) (ACT) or the sampled halting step (PonderNet), last row
+    expected_steps: float | None = None  # PonderNet's sum_n n p^n of the last logged row
     error: str = ""  # first line of error.txt for a failed run
 
     @property
@@ -156,7 +159,7 @@ class ConfigRow:
     model: str
     cell: str
     tau: float | None  # ACT only
-    rho: int | None  # Repeat's rho; 1 for the plain RNN; None for ACT
+    rho: int | None  # Repeat's rho; 1 for the plain RNN; None for ACT and PonderNet
     variant: str  # other settings that differ between this task's configurations
     runs: list[RunResult] = field(default_factory=list)
     # Seeds solved and steps to solve over ALL seeds (censored, ``metrics.censored_quartiles``):
@@ -173,7 +176,9 @@ class ConfigRow:
     eval_q75_steps: float | None = None
     followed_steps: int = 0  # the most steps any seed was followed for (solved or censored)
     median_repetitions: float | None = None
-    median_ponder_steps: float | None = None  # ACT only
+    median_ponder_steps: float | None = None  # ACT's N(t), PonderNet's sampled halting step
+    median_expected_steps: float | None = None  # PonderNet only
+    lambda_p: float | None = None  # PonderNet only
     counts: dict[str, int] = field(default_factory=dict)  # runs per status
     provisional: str = ""  # why the numbers may still change ("" when they will not)
     paper: tuple[str, str, str] = ("", "", "")  # solved, steps to 98%, average repetitions
@@ -181,7 +186,8 @@ class ConfigRow:
     @property
     def label(self) -> str:
         """The paper's name for the row: RNN / LSTM, ACT tau=1e-2, Repeat rho=2."""
-        name = {"act": "ACT ", "repeat": "Repeat "}.get(self.model, "") + self.short_label
+        name = {"act": "ACT ", "repeat": "Repeat ", "pondernet": "PonderNet "}.get(self.model, "")
+        name += self.short_label
         return f"{name} ({self.variant})" if self.variant else name
 
     @property
@@ -191,6 +197,8 @@ class ConfigRow:
             return f"tau={fmt_tau(self.tau)}"
         if self.model == "repeat":
             return f"rho={self.rho}"
+        if self.model == "pondernet":
+            return f"lambda_p={self.lambda_p:g}"
         return self.cell.upper()
 
     @property
@@ -227,7 +235,8 @@ def read_run(run_dir: Path) -> RunResult:
         steps_to_solve=stp,
         eval_steps_to_solve=None if i is None else int(steps[i]),
         repetitions=last.get("repetitions"),
-        ponder_steps=last.get("ponder_steps") if config.model == "act" else None,
+        ponder_steps=last.get("ponder_steps") if config.model in ADAPTIVE else None,
+        expected_steps=last.get("ponder_cost") if config.model == "pondernet" else None,
         error=error,
     )
 
@@ -276,6 +285,7 @@ def protocol_differences(config: RunConfig) -> list[str]:
     Repeat) never differ. Budget, logging and the solve criterion are not compared here.
     """
     defaults = {f.name: f.default for f in fields(RunConfig)}
+    defaults["halting_bias"] = ACT_HALTING_BIAS  # the config's None: "the model's own"
     protocol = {**TASK_DEFAULTS.get(config.task, {}), **{k: defaults[k] for k in PROTOCOL_FIELDS}}
     identity = config.identity()
     out = []
@@ -303,8 +313,10 @@ def paper_values(config: RunConfig) -> tuple[str, str, str]:
         hit = next((k for k in table if k[0] == "act" and math.isclose(k[1], config.tau)), None)
     elif config.model == "repeat":
         hit = ("repeat", config.rho) if ("repeat", config.rho) in table else None
-    else:
+    elif config.model == "rnn":
         hit = ("rnn", None)
+    else:  # the Fojo paper has no PonderNet
+        hit = None
     if hit is None:
         return ("", "", "")
     if config.task_options != PAPER_TASK_OPTIONS[config.task]:
@@ -358,8 +370,8 @@ def _median(values: list[float | None]) -> float | None:
 def _order(row: ConfigRow) -> tuple:
     """The paper's order: tasks as in tasks.TASKS, the RNN, ACT by decreasing tau, Repeat by rho."""
     task_rank = list(tasks.TASKS).index(row.task) if row.task in tasks.TASKS else len(tasks.TASKS)
-    model_rank = {"rnn": 0, "act": 1, "repeat": 2}.get(row.model, 3)
-    within = -(row.tau or 0.0) if row.model == "act" else (row.rho or 0)
+    model_rank = {"rnn": 0, "act": 1, "repeat": 2, "pondernet": 3}.get(row.model, 4)
+    within = -(row.tau or 0.0) if row.model == "act" else (row.rho or row.lambda_p or 0)
     return (task_rank, row.task, model_rank, within, row.variant)
 
 
@@ -381,7 +393,7 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
         varying[task] = [
             n
             for n in names
-            if n not in ("task", "model", "tau", "rho")
+            if n not in ("task", "model", "tau", "rho", "lambda_p")
             and len({json.dumps(key[n]) for key in same if n in key}) > 1
         ]
 
@@ -397,6 +409,7 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
             cell=c.cell,
             tau=c.tau if c.model == "act" else None,
             rho={"repeat": c.rho, "rnn": 1}.get(c.model),
+            lambda_p=c.lambda_p if c.model == "pondernet" else None,
             variant=variant,
             runs=members,
             paper=paper_values(c),
@@ -415,8 +428,10 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
         row.followed_steps = int(max(*times, *eval_times))
         row.provisional = provisional_reason(members)
         row.median_repetitions = _median([r.repetitions for r in members])
-        if c.model == "act":
+        if c.model in ADAPTIVE:
             row.median_ponder_steps = _median([r.ponder_steps for r in members])
+        if c.model == "pondernet":
+            row.median_expected_steps = _median([r.expected_steps for r in members])
         row.counts = {s: sum(r.status == s for r in members) for s in STATUSES}
         rows.append(row)
     return sorted(rows, key=_order)
@@ -428,16 +443,19 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
 
 @torch.no_grad()
 def probe_ponder(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A trained network's repetitions N(t) - 1 + R(t) and the input difficulty, both ``[S, T]``,
+    """A trained network's repetitions (ACT: N(t) - 1 + R(t), PonderNet: the sampled halting
+    step) and the input difficulty, both ``[S, T]``,
     on ``samples`` fresh sequences drawn from a CPU generator seeded with ``seed`` (the same
     sequences for every network of the same task options). Runs on the CPU in chunks; a missing
     or broken checkpoint is a ``RunError``."""
-    net, task, _ = train.load_model(run_dir, "cpu")
+    net, task, config = train.load_model(run_dir, "cpu")
     gen = torch.Generator().manual_seed(seed)
+    halt_gen = torch.Generator().manual_seed(seed + 1)  # PonderNet's halting draws, apart
     repetitions, difficulties = [], []
     for start in range(0, samples, CHUNK):
         x, _ = task.sample(min(CHUNK, samples - start), gen)  # [B, T, input_size]
-        _, info = net(x)
+        u = halting_uniforms(config, x.shape[:2], halt_gen)
+        _, info = net(x) if u is None else net(x, uniforms=u)
         repetitions.append(info["repetitions"].float().numpy())  # [B, T]
         difficulties.append(task.difficulty(x).numpy())  # [B, T]
     return np.concatenate(repetitions), np.concatenate(difficulties)

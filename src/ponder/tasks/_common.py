@@ -36,7 +36,7 @@ def uniform_int(
     return torch.randint(low, high + 1, size, generator=generator, device=generator.device)
 
 
-def _check_event_shape(task: Task, logits_event: torch.Size, targets_event: torch.Size) -> None:
+def _check_event_shape(task: Task, logits_event: tuple, targets_event: tuple) -> None:
     # Leading dimensions may broadcast (e.g. K runs scored on one batch), but the time axis (and
     # the digit axis) must match exactly: broadcasting them would silently score the wrong steps.
     if logits_event != targets_event:
@@ -79,6 +79,19 @@ class BinaryTask(Task):
         per_step = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
         return _sequence_mean(per_step, valid, 1)
 
+    def step_losses(
+        self, step_logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's loss for every step's prediction, ``[..., T, N]``, and which tokens have
+        a target, ``[..., T]``: ``step_logits [..., T, N, 1]``, targets ``[..., T]``."""
+        scores = step_logits[..., 0]  # (..., T, N)
+        _check_event_shape(self, scores.shape[-2:-1], targets.shape[-1:])
+        valid = targets != IGNORE
+        labels = torch.where(valid, targets, 0).to(scores.dtype).unsqueeze(-1)
+        scores, labels = torch.broadcast_tensors(scores, labels)
+        per_step = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+        return per_step, valid
+
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """True for a sequence whose every target is predicted (logit > 0 means 1): ``[...]``."""
         predicted = (self._split(logits, targets) > 0).long()
@@ -117,6 +130,29 @@ class CategoricalTask(Task):
             flat_scores, flat_targets, ignore_index=IGNORE, reduction="none"
         ).view(shape)
         return _sequence_mean(per_item, targets.expand(shape) != IGNORE, len(self.groups))
+
+    def step_losses(
+        self, step_logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's loss (the mean over its classifications) for every step's prediction,
+        ``[..., T, N]``, and which tokens have a target, ``[..., T]``: ``step_logits
+        [..., T, N, output_size]``, targets ``[..., T (, digits)]``."""
+        scores = step_logits.unflatten(-1, self.groups)  # [..., T, N, (digits,) classes]
+        n = len(self.groups)
+        _check_event_shape(self, (scores.shape[-2 - n],), (targets.shape[-n],))  # T against T
+        per_token = targets.unsqueeze(-n)  # [..., T, 1 (, digits)]: broadcast over the N steps
+        shape = torch.broadcast_shapes(scores.shape[:-1], per_token.shape)
+        classes = scores.shape[-1]
+        per_item = F.cross_entropy(
+            scores.expand(*shape, classes).reshape(-1, classes),
+            per_token.expand(shape).reshape(-1),
+            ignore_index=IGNORE,
+            reduction="none",
+        ).view(shape)
+        item_valid = per_token.expand(shape) != IGNORE
+        if n == 1:  # one classification per token
+            return per_item, targets != IGNORE
+        return _sequence_mean(per_item, item_valid, 1), (targets != IGNORE).any(-1)
 
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """True for a sequence whose every classification is the argmax: ``[...]``."""

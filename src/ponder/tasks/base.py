@@ -49,6 +49,14 @@ class Task(ABC):
         Positions whose target is ``IGNORE`` are not checked.
         """
 
+    def step_losses(
+        self, step_logits: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's task loss for the prediction of every ponder step, ``[..., T, N]``, and
+        which tokens have a target, ``[..., T]`` (PonderNet's loss weighs them by p):
+        ``step_logits [..., T, N, output_size]``."""
+        raise NotImplementedError(f"{self.name}: no per-step loss, so PonderNet cannot train")
+
     @abstractmethod
     def difficulty(self, inputs: torch.Tensor) -> torch.Tensor:
         """Per-step int64 difficulty ``[..., T]`` read from ``inputs [..., T, input_size]``.
