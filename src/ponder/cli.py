@@ -300,15 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "what",
-        choices=["parity", "addition", "all", "pondernet"],
-        help="the Fojo paper's tables (parity, addition, all) or pondernet: PonderNet beside "
-        "ACT and Repeat on 64-bit parity (grid parity-pondernet, 3 seeds)",
+        choices=["parity", "addition", "all", "pondernet", "extrapolation"],
+        help="the Fojo paper's tables (parity, addition, all); pondernet: PonderNet beside "
+        "ACT and Repeat on 64-bit parity (grid parity-pondernet, 3 seeds); extrapolation: "
+        "every method on 96-element parity, trained on 1-48 non-zero and tested on 49-96 too, "
+        "with the compute-matched table (grid parity-extrapolation, 5 seeds)",
     )
     p.add_argument("--out", type=Path, required=True, help="sweep directory")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a reduced parity experiment, 2 to 4 minutes on 2 CPU cores",
+        help="a reduced experiment (parity: 2 to 4 minutes on 2 CPU cores; extrapolation: "
+        "about 10)",
     )
     p.add_argument(
         "--seeds", type=_number(int, 1), help="seeds per configuration (default 5; not --quick)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -84,6 +85,9 @@ class RunConfig:
     checkpoint_every: int = 5  # in log intervals
     eval_size: int = 1000
     eval_seed: int = 20180326  # the held-out set's own seed, the same for every run
+    # Held-out sets beside the training distribution's: name -> task options that differ
+    # (e.g. {"extrapolation": {"min_nonzero": 49, "max_nonzero": 96}}), each with its own seed.
+    eval_sets: dict[str, dict[str, int]] = field(default_factory=dict)
     solve_threshold: float = 0.98
     solve_window: int = 71  # Savitzky-Golay window (points) of the paper's criterion
     seed: int = 0
@@ -159,8 +163,9 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     if unknown:
         raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
     data = {k: _check_type(k, v) for k, v in data.items()}
-    if data.get("task_options") is None:
-        data.pop("task_options", None)
+    for k in ("task_options", "eval_sets"):
+        if data.get(k) is None:
+            data.pop(k, None)
     for k in FLOAT_FIELDS:
         if data.get(k) is not None:
             data[k] = float(data[k])
@@ -191,7 +196,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def resolve(config: RunConfig) -> RunConfig:
     """Validate ``config`` and fill the per-task defaults; raises ``ConfigError``."""
-    c = dataclasses.replace(config, task_options=dict(config.task_options))
+    c = dataclasses.replace(
+        config,
+        task_options=dict(config.task_options),
+        eval_sets={k: dict(v) for k, v in config.eval_sets.items()},
+    )
     if c.task not in TASK_DEFAULTS:
         raise ConfigError(f"unknown task {c.task!r} (known: {', '.join(TASK_DEFAULTS)})")
     try:
@@ -199,6 +208,7 @@ def resolve(config: RunConfig) -> RunConfig:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"task {c.task}: {e}") from None
     c.task_options = _task_options(task, c.task_options)
+    c.eval_sets = _eval_sets(c, task)
     if c.model == "pondernet":
         for k, v in PONDERNET_DEFAULTS.items():
             if getattr(c, k) is None:
@@ -238,11 +248,49 @@ def resolve(config: RunConfig) -> RunConfig:
 
 
 def _task_options(task: tasks.Task, given: dict[str, int]) -> dict[str, int]:
-    """Every size option of ``task`` with its value, so config.yaml records the full problem."""
+    """Every size option of ``task`` with its value, so config.yaml records the full problem
+    (a task's ``optional_options`` only when given, so that older runs keep their identity)."""
     import inspect
 
     params = inspect.signature(type(task).__init__).parameters
-    return {k: getattr(task, k, given.get(k, p.default)) for k, p in params.items() if k != "self"}
+    optional = getattr(type(task), "optional_options", ())
+    return {
+        k: getattr(task, k, given.get(k, p.default))
+        for k, p in params.items()
+        if k != "self" and (k not in optional or k in given)
+    }
+
+
+EVAL_SET_NAME = re.compile(r"[a-z][a-z0-9_]*")
+RESERVED_SET_NAMES = ("eval", "train", "step", "loss", "task")
+
+
+def _eval_sets(c: RunConfig, task: tasks.Task) -> dict[str, dict[str, int]]:
+    """The extra held-out sets, each as the full task options it samples from; a set must fit
+    the network (the training task's input, output and sequence sizes)."""
+    if not isinstance(c.eval_sets, dict):
+        raise ConfigError("eval_sets must map a set's name to the task options that differ")
+    out = {}
+    for name, changes in c.eval_sets.items():
+        if not isinstance(name, str) or not EVAL_SET_NAME.fullmatch(name):
+            raise ConfigError(f"eval set name {name!r} must be lowercase letters, digits and _")
+        if name in RESERVED_SET_NAMES:
+            raise ConfigError(f"eval set name {name!r} is reserved")
+        if not isinstance(changes, dict):
+            raise ConfigError(f"eval set {name}: give the task options that differ, a mapping")
+        options = {**c.task_options, **changes}
+        try:
+            other = tasks.make(c.task, **options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"eval set {name}: {e}") from None
+        sizes = ("input_size", "output_size", "seq_len")
+        if any(getattr(other, k) != getattr(task, k) for k in sizes):
+            raise ConfigError(
+                f"eval set {name}: its inputs or targets have another shape than training's "
+                "(change options such as min_nonzero, not the sizes)"
+            )
+        out[name] = _task_options(other, options)
+    return out
 
 
 def run_name(config: RunConfig, varied: dict[str, Any] | None = None) -> str:

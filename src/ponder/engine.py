@@ -177,6 +177,17 @@ def eval_set(task: tasks.Task, config: RunConfig, device: torch.device):
     return task.sample(config.eval_size, torch.Generator(device).manual_seed(config.eval_seed))
 
 
+def eval_sets(task: tasks.Task, config: RunConfig, device: torch.device) -> dict[str, tuple]:
+    """Every held-out set by name: "eval" (the training distribution) and the config's extra
+    ``eval_sets``, each drawn from a seed of its own (derived from ``eval_seed`` and its name)."""
+    sets = {"eval": eval_set(task, config, device)}
+    for name, options in config.eval_sets.items():
+        seed = derive_seed(config.eval_seed, f"eval:{name}")
+        other = tasks.make(config.task, **options)
+        sets[name] = other.sample(config.eval_size, torch.Generator(device).manual_seed(seed))
+    return sets
+
+
 def objective(
     task: tasks.Task,
     logits: torch.Tensor,

@@ -308,6 +308,56 @@ def plot_ponder_difficulty(
     return True
 
 
+METHOD_COLORS = {
+    "rnn": "black",
+    "repeat": "tab:blue",
+    "act": "tab:orange",
+    "pondernet": "tab:green",
+}
+
+
+def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
+    """The accuracy-compute frontier: one point per run (mean inference steps per token against
+    final held-out accuracy), a panel per held-out set, coloured by method, each configuration's
+    median marked and named. False (nothing written) unless the runs logged their costs and more
+    than one configuration has them."""
+    from . import matched
+
+    mine = [r for r in rows if r.task == task]
+    names = matched.held_out_sets(mine)
+    have = [row for row in mine if any(matched.cost(r) is not None for r in row.runs)]
+    if len(have) < 2 or not names:
+        return False
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        seen = set()
+        for row in have:
+            color = METHOD_COLORS.get(row.model, "gray")
+            pts = [(matched.cost(r, name), matched.accuracy(r, name)) for r in row.runs]
+            pts = [(c, a) for c, a in pts if c is not None and a is not None]
+            if not pts:
+                continue
+            xs, ys = np.array(pts).T
+            method = matched.METHOD_NAMES.get(row.model, row.model)
+            ax.scatter(xs, ys, s=14, alpha=0.5, color=color,
+                       label=None if method in seen else method)  # fmt: skip
+            seen.add(method)
+            mx, my = float(np.median(xs)), float(np.median(ys))
+            ax.scatter([mx], [my], s=90, marker="D", color=color, edgecolor="black", lw=0.6)
+            ax.annotate(row.short_label, (mx, my), textcoords="offset points", xytext=(5, 4),
+                        fontsize="x-small")  # fmt: skip
+        ax.set_title(f"{task}: {matched.set_title(name)}", fontsize="medium")
+        ax.set_xlabel("mean inference steps per token (computed at evaluation)")
+        ax.set_ylabel("final held-out accuracy")
+        ax.set_ylim(0.4, 1.02)
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.suptitle("accuracy against inference cost: dots are runs, diamonds each "
+                 "configuration's median", fontsize="medium")  # fmt: skip
+    _save(fig, path)
+    return True
+
+
 def build_figures(
     rows: list[ConfigRow], out_dir: Path, difficulty_samples: int, generator_seed: int
 ) -> tuple[list[tuple[str, str]], list[str]]:
@@ -349,6 +399,15 @@ def build_figures(
             plot_accuracy_rho(rows, task, root / name),
             name,
             f"{task}: training accuracy against steps, per rho; {CURVES_NOTE}",
+        )
+
+        name = f"{task}-frontier.png"
+        add(
+            plot_frontier(rows, task, root / name),
+            name,
+            f"{task}: accuracy against inference cost, one point per run (its last evaluation: "
+            "steps per token computed, rho for Repeat, N(t) for ACT, the sampled halting step for "
+            "PonderNet), a panel per held-out set; diamonds: each configuration's median",
         )
 
     probes: dict[Path, tuple[np.ndarray, np.ndarray]] = {}

@@ -23,7 +23,7 @@ import io
 import math
 from pathlib import Path
 
-from . import rundir
+from . import matched, rundir
 from .config import TASK_DEFAULTS
 from .figures import build_figures
 from .results import (
@@ -315,6 +315,8 @@ def write_markdown(
                 "",
                 "\\* Provisional, the numbers may still change: " + "; ".join(provisional) + ".",
             ]
+
+    lines += matched.markdown(rows)
 
     if figures:
         lines += ["", "## Figures", ""]

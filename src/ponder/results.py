@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from . import metrics, rundir, tasks, train
-from .config import ACT_HALTING_BIAS, TASK_DEFAULTS, RunConfig
+from .config import ACT_HALTING_BIAS, PONDER_FIELDS, TASK_DEFAULTS, RunConfig
 from .engine import halting_uniforms
 from .rundir import RunError
 
@@ -111,6 +111,9 @@ class RunResult:
     repetitions: float | None  # the repetitions of the last logged row
     ponder_steps: float | None  # N(t) (ACT) or the sampled halting step (PonderNet), last row
     expected_steps: float | None = None  # PonderNet's sum_n n p^n of the last logged row
+    # The last logged row per held-out set ("eval", then the config's eval_sets): accuracy,
+    # steps (per token, computed at evaluation) and ponder_cost; a value None if not logged.
+    held_out: dict[str, dict[str, float | None]] = field(default_factory=dict)
     error: str = ""  # first line of error.txt for a failed run
 
     @property
@@ -237,8 +240,26 @@ def read_run(run_dir: Path) -> RunResult:
         repetitions=last.get("repetitions"),
         ponder_steps=last.get("ponder_steps") if config.model in ADAPTIVE else None,
         expected_steps=last.get("ponder_cost") if config.model == "pondernet" else None,
+        held_out=_held_out(config, last),
         error=error,
     )
+
+
+def _held_out(config: RunConfig, last: dict[str, float]) -> dict[str, dict[str, float | None]]:
+    """Each held-out set's last logged accuracy, steps per token and ponder cost. Runs logged
+    before ``eval_steps`` existed: a fixed model's steps are still known (rho, 1 for the RNN)."""
+    fixed = {"repeat": config.rho, "rnn": 1}.get(config.model)
+    out = {}
+    for name in ["eval", *config.eval_sets]:
+        steps = last.get(f"{name}_steps")
+        if steps is None and fixed is not None and f"{name}_accuracy" in last:
+            steps = float(fixed)
+        out[name] = {
+            "accuracy": last.get(f"{name}_accuracy"),
+            "steps": steps,
+            "ponder_cost": last.get(f"{name}_ponder_cost"),
+        }
+    return out
 
 
 def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[str]]:
@@ -385,23 +406,32 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
         groups.setdefault(k, []).append(run)
         keys[k] = key
 
-    # Settings beyond task/model/tau/rho that take several values within a task name the rows.
-    varying: dict[str, list[str]] = {}
-    for task in {key["task"] for key in keys.values()}:
-        same = [key for key in keys.values() if key["task"] == task]
-        names = list(dict.fromkeys(n for key in same for n in key))
-        varying[task] = [
+    # Settings beyond task/model/tau/rho/lambda_p that take several values within a task name
+    # the rows; a ponder option only among configurations of its model (ACT's M and PonderNet's
+    # N differ by design).
+    def varies(name: str, task: str, model: str) -> bool:
+        peers = [
+            key
+            for key in keys.values()
+            if key["task"] == task and (name not in PONDER_FIELDS or key["model"] == model)
+        ]
+        return len({json.dumps(key[name]) for key in peers if name in key}) > 1
+
+    varying: dict[tuple[str, str], list[str]] = {}
+    for task, model in {(key["task"], key["model"]) for key in keys.values()}:
+        same_task = [key for key in keys.values() if key["task"] == task]
+        names = list(dict.fromkeys(n for key in same_task for n in key))
+        varying[task, model] = [
             n
             for n in names
-            if n not in ("task", "model", "tau", "rho", "lambda_p")
-            and len({json.dumps(key[n]) for key in same if n in key}) > 1
+            if n not in ("task", "model", "tau", "rho", "lambda_p") and varies(n, task, model)
         ]
 
     rows = []
     for k, members in groups.items():
         key, c = keys[k], members[0].config
         members.sort(key=lambda r: (r.config.seed, r.path.name))
-        variant = ", ".join(f"{n}={key[n]}" for n in varying[c.task] if n in key)
+        variant = ", ".join(f"{n}={key[n]}" for n in varying[c.task, c.model] if n in key)
         row = ConfigRow(
             task=c.task,
             task_options=dict(c.task_options),

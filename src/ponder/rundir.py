@@ -1,7 +1,7 @@
 """The run directory: what a run leaves on disk, and the only module that spells those names.
 
     config.yaml      the full resolved config, written when the run starts
-    metrics.csv      one row per log step (``COLUMNS``)
+    metrics.csv      one row per log step (``COLUMNS``, and ``columns`` per extra held-out set)
     events.out.*     the same scalars for TensorBoard
     checkpoint.pt    model, optimizer, step and data RNG, every ``checkpoint_every`` logs
     summary.json     written when the run has nothing left to do
@@ -44,8 +44,18 @@ WORKER_PID = ".worker_pid"  # "PID HOST" of the Ray worker training the run, whi
 # Repeat and the RNN; ``ponder_steps`` is N(t). Each a mean over the batch and the sequence.
 COLUMNS = [
     "step", "loss", "task_loss", "train_accuracy", "ponder_cost", "ponder_steps", "repetitions",
-    "eval_accuracy", "eval_ponder_cost", "eval_repetitions", "elapsed_s",
+    "eval_accuracy", "eval_ponder_cost", "eval_repetitions", "eval_steps", "elapsed_s",
 ]  # fmt: skip
+# Per extra held-out set NAME (``RunConfig.eval_sets``): NAME_accuracy, NAME_steps (steps per
+# token computed at evaluation) and NAME_ponder_cost, after ``COLUMNS``.
+SET_COLUMNS = ("accuracy", "steps", "ponder_cost")
+
+
+def columns(eval_sets: dict | list | tuple = ()) -> list[str]:
+    """metrics.csv's columns for a run with these extra held-out sets (their names)."""
+    return COLUMNS + [f"{name}_{c}" for name in eval_sets for c in SET_COLUMNS]
+
+
 STATUSES = ("done", "diverged", "failed", "partial", "new")
 
 
@@ -261,9 +271,11 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_write(Path(run_dir) / CHECKPOINT, buf.getvalue())
 
 
-def rewrite_metrics(run_dir: Path, rows: list[dict[str, float]]) -> None:
+def rewrite_metrics(
+    run_dir: Path, rows: list[dict[str, float]], names: list[str] | None = None
+) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, names or COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(Path(run_dir) / METRICS, buf.getvalue())
@@ -273,19 +285,25 @@ class MetricsLog:
     """metrics.csv and the TensorBoard events of a run while it trains, from ``step`` on: the
     rows after ``step`` (logged after the checkpoint a resumed run starts from) are dropped."""
 
-    def __init__(self, run_dir: Path, rows: list[dict[str, float]], step: int) -> None:
+    def __init__(
+        self, run_dir: Path, rows: list[dict[str, float]], step: int, names: list[str] | None = None
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
-        rewrite_metrics(run_dir, rows)
+        self.names = names or COLUMNS
+        rewrite_metrics(run_dir, rows, self.names)
         self._file = (Path(run_dir) / METRICS).open("a", newline="")
-        self._csv = csv.DictWriter(self._file, COLUMNS, extrasaction="ignore", lineterminator="\n")
+        self._csv = csv.DictWriter(
+            self._file, self.names, extrasaction="ignore", lineterminator="\n"
+        )
         self._tb = SummaryWriter(str(run_dir), purge_step=step + 1 if step else None)
 
     def write(self, row: dict[str, float]) -> None:
         self._csv.writerow(row)
         self._file.flush()
-        for k in COLUMNS[1:]:
-            self._tb.add_scalar(k, row[k], row["step"])
+        for k in self.names[1:]:
+            if k in row:
+                self._tb.add_scalar(k, row[k], row["step"])
 
     def close(self) -> None:
         if self._tb is not None:

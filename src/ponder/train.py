@@ -31,7 +31,7 @@ from .engine import (
     Engine,
     Single,
     build,
-    eval_set,
+    eval_sets,
     resolve_device,
     set_matmul_precision,
     uses_graphs,
@@ -107,7 +107,8 @@ class Member:
         self.last = rows[-1] if rows else None
         self.t0 = time.perf_counter() - (float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0)
         self.ckpt_step = step
-        self.log = rundir.MetricsLog(self.dir, rows, step)
+        names = rundir.columns(self.config.eval_sets)
+        self.log = rundir.MetricsLog(self.dir, rows, step, names)
         return ckpt
 
     def elapsed(self) -> float:
@@ -150,6 +151,9 @@ class Member:
             "ponder_cost": last.get("ponder_cost"),
             "ponder_steps": last.get("ponder_steps"),
             "repetitions": last.get("repetitions"),
+            "eval_steps": last.get("eval_steps"),
+            **{f"final_{n}_accuracy": last.get(f"{n}_accuracy") for n in c.eval_sets},
+            **{f"{n}_steps": last.get(f"{n}_steps") for n in c.eval_sets},
             "step": int(last.get("step", 0)),
             **self.extra,
             "elapsed_s": self.elapsed(),
@@ -245,7 +249,7 @@ def _engine(
 def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -> None:
     c0 = members[0].config
     task = eng.task
-    eval_x, eval_y = eval_set(task, c0, device)
+    held_out_sets = eval_sets(task, c0, device)
     live = list(range(eng.k))
     log_step = step  # the window starts where the run resumes
     budget = max(m.config.steps for m in members)
@@ -265,7 +269,9 @@ def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -
             task_loss, logits, y = eng.stepper.last
             acc = torch.atleast_1d(task.accuracy(logits, y)).tolist()
             task_losses = torch.atleast_1d(task_loss.mean(-1)).tolist()
-            held_out = evaluate(eng, task, eval_x, eval_y)
+            held_out = {}
+            for name, (x, y) in held_out_sets.items():
+                held_out.update(evaluate(eng, task, x, y, name))
             eng.stepper.logged()
             for i in list(live):
                 m = members[i]
@@ -296,18 +302,27 @@ def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -
 
 
 @torch.no_grad()
-def evaluate(eng: Engine, task: tasks.Task, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Each member's held-out accuracy, ponder cost and repetitions (lists over members), in
-    eval mode; the networks are left in the mode they were in."""
+def evaluate(
+    eng: Engine, task: tasks.Task, x: torch.Tensor, y: torch.Tensor, name: str = "eval"
+) -> dict:
+    """Each member's accuracy, ponder cost, repetitions and steps per token computed (lists
+    over members) on the held-out set ``name``, in eval mode; the networks are left in the
+    mode they were in. The steps are what inference computed: rho for Repeat (1 for the RNN),
+    N(t) for ACT, the sampled halting step for PonderNet."""
     net = eng.modules()
     training = net.training
     net.eval()
     logits, info = eng.forward(x)
     net.train(training)
+
+    def mean(key: str) -> list[float]:
+        return info[key].flatten(1).mean(-1).tolist()
+
     return {
-        "eval_accuracy": task.accuracy(logits, y).tolist(),
-        "eval_ponder_cost": info["ponder_cost"].flatten(1).mean(-1).tolist(),
-        "eval_repetitions": info["repetitions"].flatten(1).mean(-1).tolist(),
+        f"{name}_accuracy": task.accuracy(logits, y).tolist(),
+        f"{name}_ponder_cost": mean("ponder_cost"),
+        f"{name}_repetitions": mean("repetitions"),
+        f"{name}_steps": mean("ponder_steps"),
     }
 
 

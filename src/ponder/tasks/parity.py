@@ -2,9 +2,11 @@
 2018, "Comparing Fixed and Adaptive Computation Time for Recurrent Neural Networks").
 
 Each sequence is a single token of ``bits`` values (64 in the papers). A number k, uniform in
-1..bits, is drawn per sample; the first k positions (as in the Fojo et al. code) hold -1 or +1 at
-random and the rest are 0. The target is 1 if the count of +1 entries is odd, else 0: one binary
-classification per sequence, scored with binary cross-entropy on one logit.
+1..bits (``min_nonzero``..``max_nonzero``), is drawn per sample; the first k positions (as in the
+Fojo et al. code) hold -1 or +1 at random and the rest are 0. The target is 1 if the count of +1
+entries is odd, else 0: one binary classification per sequence, scored with binary
+cross-entropy on one logit. PonderNet's extrapolation protocol (SPEC.md) trains on 96 values
+with k in 1..48 and evaluates with k in 49..96.
 
 Shapes: inputs ``[B, 1, bits]`` float32, targets ``[B, 1]`` int64 in {0, 1}.
 """
@@ -22,14 +24,24 @@ class Parity(BinaryTask):
     """Parity of the +1 entries of one vector of -1/0/+1 values."""
 
     name = "parity"
+    # Recorded in a config only when given: runs of the papers' parity keep their options.
+    optional_options = ("min_nonzero", "max_nonzero")
 
-    def __init__(self, *, bits: int = 64) -> None:
+    def __init__(
+        self, *, bits: int = 64, min_nonzero: int = 1, max_nonzero: int | None = None
+    ) -> None:
         self.bits = check_int("parity", "bits", bits, 1)
+        high = self.bits if max_nonzero is None else max_nonzero
+        self.max_nonzero = check_int("parity", "max_nonzero", high, 1, self.bits)
+        self.min_nonzero = check_int("parity", "min_nonzero", min_nonzero, 1, self.max_nonzero)
         self.input_size = self.bits
         self.seq_len = 1
 
     def __repr__(self) -> str:
-        return f"Parity(bits={self.bits})"
+        return (
+            f"Parity(bits={self.bits}, min_nonzero={self.min_nonzero}, "
+            f"max_nonzero={self.max_nonzero})"
+        )
 
     def sample(
         self, batch_size: int, generator: torch.Generator
@@ -49,7 +61,7 @@ class Parity(BinaryTask):
     def _draw(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The random numbers of a batch: k (positions set) and the signs as 32-bit words (one
         draw per 32 positions, not one per position: drawing is most of a batch's cost)."""
-        k = uniform_int(generator, 1, self.bits, (batch, 1))
+        k = uniform_int(generator, self.min_nonzero, self.max_nonzero, (batch, 1))
         words = uniform_int(generator, 0, 2**32 - 1, (batch, (self.bits + 31) // 32, 1))
         return k, words
 
