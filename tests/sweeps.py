@@ -22,6 +22,7 @@ def make_run(
     repetitions: float = 1.0,
     ponder_steps: float = 2.0,
     status: str = "finished",
+    held_out: dict[str, tuple[float, ...]] | None = None,
     **config: object,
 ) -> Path:
     """A run directory as ``ponder train`` leaves it, with a known learning curve.
@@ -29,6 +30,9 @@ def make_run(
     Training accuracy is 0.5 before ``solve_at`` and 1.0 from it on (or ``accuracy``); with
     ``solve_window=1`` (the default here) the smoothing is the identity, so the paper criterion
     is met exactly at ``solve_at``. The last row's repetitions column is ``repetitions``.
+    ``held_out`` (optional), per held-out set ("eval" or a name in the config's ``eval_sets``),
+    ``(accuracy, steps)`` or ``(accuracy, steps, ponder_cost)`` of the last row: metrics.csv then
+    has the columns of a run that logs its steps per token (``rundir.columns``).
     """
     base = {"task": "parity", "task_options": {"bits": 64}, "device": "cpu", "progress": False}
     base |= {"solve_window": 1}
@@ -48,8 +52,16 @@ def make_run(
             "eval_accuracy": 1.0 if eval_at is not None and s >= eval_at else 0.4,
             "eval_ponder_cost": rep + 1, "eval_repetitions": rep, "elapsed_s": float(i),
         })  # fmt: skip
+    names = rundir.COLUMNS
+    if held_out is not None:
+        names = rundir.columns(c.eval_sets)
+        for set_name, values in held_out.items():
+            rows[-1][f"{set_name}_accuracy"] = values[0]
+            rows[-1][f"{set_name}_steps"] = values[1]
+            if len(values) > 2:
+                rows[-1][f"{set_name}_ponder_cost"] = values[2]
     with (run_dir / rundir.METRICS).open("w", newline="") as f:
-        writer = csv.DictWriter(f, rundir.COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(f, names, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     if status in ("finished", "diverged"):

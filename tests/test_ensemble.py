@@ -24,6 +24,8 @@ def _rows(d, keys=("loss", "task_loss", "train_accuracy", "ponder_cost", "eval_a
         ("act", "lstm", "addition", {"numbers": 3, "digits": 2}),
         ("repeat", "gru", "parity", {"bits": 6}),
         ("repeat", "lstm", "addition", {"numbers": 3, "digits": 2}),
+        ("pondernet", "lstm", "addition", {"numbers": 3, "digits": 2}),
+        ("pondernet", "gru", "parity", {"bits": 6}),
     ],
 )
 def test_forward_equals_member_networks(model, cell, task, options):
@@ -32,15 +34,19 @@ def test_forward_equals_member_networks(model, cell, task, options):
     nets = [build_model(spec, "tf", torch.Generator().manual_seed(s)) for s in range(3)]
     for n in nets:
         with torch.no_grad():
-            if model == "act":
+            if model in ("act", "pondernet"):
                 n.core.halting.weight.normal_(0, 1.0)
     ens = ensemble.Ensemble(nets)
     x = torch.randn(3, 5, 3, spec.input_size)
-    logits, info = ens(x)
+    u = torch.rand(3, 5, 3, spec.max_ponder) if model == "pondernet" else None
+    logits, info = ens(x) if u is None else ens(x, uniforms=u)
     for k, net in enumerate(nets):
-        want, want_info = net(x[k])
+        want, want_info = net(x[k]) if u is None else net(x[k], uniforms=u[k])
         torch.testing.assert_close(logits[k], want, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(info["ponder_cost"][k], want_info["ponder_cost"])
+        torch.testing.assert_close(info["ponder_steps"][k], want_info["ponder_steps"])
+    if model == "pondernet":  # halting varies, so later tokens start from different steps
+        assert len(set(info["ponder_steps"].flatten().tolist())) > 1
     for k in range(3):
         sd = ens.member_state_dict(k)
         for name, p in nets[k].state_dict().items():

@@ -199,7 +199,11 @@ def resolve(config: RunConfig) -> RunConfig:
     c = dataclasses.replace(
         config,
         task_options=dict(config.task_options),
-        eval_sets={k: dict(v) for k, v in config.eval_sets.items()},
+        eval_sets=(
+            {k: dict(v) if isinstance(v, dict) else v for k, v in config.eval_sets.items()}
+            if isinstance(config.eval_sets, dict)
+            else config.eval_sets
+        ),
     )
     if c.task not in TASK_DEFAULTS:
         raise ConfigError(f"unknown task {c.task!r} (known: {', '.join(TASK_DEFAULTS)})")

@@ -230,12 +230,13 @@ class Ensemble(nn.Module):
             z = _linear(ys, w_halt, b_halt).squeeze(-1)  # (K, B, N)
             lambdas, _ = log_halting(z)
             n_star = sample_halting(lambdas.detach(), uniforms[:, :, i])  # (K, B)
-            pick = (n_star - 1)[None, :, :, None].expand(1, k, b, self.spec.hidden)
+            if i < t - 1:  # s_t^{n*}: the next token starts there (the last one's is unused)
+                pick = (n_star - 1)[None, :, :, None].expand(1, k, b, self.spec.hidden)
 
-            def at_halt(*parts, pick=pick):  # s_t^{n*}: the next token starts there
-                return torch.stack(parts).gather(0, pick)[0]
+                def at_halt(*parts, pick=pick):
+                    return torch.stack(parts).gather(0, pick)[0]
 
-            state = tuple(map(at_halt, *states)) if isinstance(s, tuple) else at_halt(*states)
+                state = tuple(map(at_halt, *states)) if isinstance(s, tuple) else at_halt(*states)
             outs.append(ys)
             logits.append(z)
             halting.append(n_star)

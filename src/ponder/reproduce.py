@@ -254,11 +254,12 @@ def reproduce(
         raise ConfigError(
             "--quick is for parity and extrapolation: `ponder reproduce parity --quick`"
         )
+    sizes = {"parity": QUICK, "extrapolation": QUICK_EXTRAPOLATION}.get(names[0], QUICK)
     if quick and seeds is not None:
-        raise ConfigError(f"--quick runs {QUICK.seeds} seeds; --seeds is for the full protocol")
+        raise ConfigError(f"--quick runs {sizes.seeds} seeds; --seeds is for the full protocol")
     if quick and budget is not None:
         raise ConfigError(
-            f"--quick trains {QUICK.steps:,} steps per run; --budget is for the full protocol"
+            f"--quick trains {sizes.steps:,} steps per run; --budget is for the full protocol"
         )
     out = Path(out)
     plans = []
