@@ -566,7 +566,8 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
         "Adam on fresh random batches. *naive* is a straightforward plain-PyTorch "
         "implementation (in `ponder/bench.py`): ACT as a Python loop over ponder steps with "
         "per-sample masks and an `.any()` check per step, Repeat-RNN as `nn.RNN`/`nn.LSTM` over "
-        "the `repeat_interleave`-d sequence, data made on the host. *single* is the training "
+        "the `repeat_interleave`-d sequence, PonderNet as a loop over its N steps with p from a "
+        "cumulative product, data made on the host. *single* is the training "
         "step of `ponder train`. *K=...* is the batched ensemble that trains K runs (seeds) as "
         "one model, reported in run-steps/s: K times its steps/s, i.e. how fast a sweep of "
         "many runs advances. Every path is timed in turn in each of several rounds after "
@@ -575,7 +576,8 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
         "drifts, such as a shared VM, does not favour whichever path ran at a fast moment).",
         "",
         "Targets: on 2 CPU cores, an ensemble of 16 parity Repeat rho=2 runs >= 5x the naive "
-        "reference in run-steps/s, an ensemble of 16 parity ACT runs >= 3x, and the single-run "
+        "reference in run-steps/s, ensembles of 16 parity ACT runs and of 16 parity PonderNet "
+        "runs >= 3x, and the single-run "
         "paths no slower than the reference (>= 1x); on one H100, single-run parity Repeat "
         ">= 10x and ACT >= 5x, an ensemble of 64 >= 100x, and the addition table projected "
         "at <= 1 hour.",
