@@ -148,3 +148,15 @@ def test_the_report_names_pondernet_rows_and_its_steps(tmp_path):
     assert pn["solved"] == "2/2" and pn["paper_solved"] == ""  # the Fojo paper has no PonderNet
     assert float(pn["median_ponder_steps"]) == 3.0
     assert [r["model"] for r in rows] == ["act", "pondernet"]
+
+
+def test_a_reduced_pondernet_says_its_own_n_not_acts_m(tmp_path):
+    make_run(tmp_path, "pn", model="pondernet", max_ponder=20)
+    make_run(tmp_path, "act", model="act", tau=0.01)
+    make_run(tmp_path, "rep", model="repeat", rho=2)
+    text = report.build_report(tmp_path, difficulty_samples=0).read_text()
+    assert "max_ponder" not in text.split("## parity")[0]  # both at their papers' values
+    make_run(tmp_path, "pn10", model="pondernet", max_ponder=10, lambda_p=0.5)
+    text = report.build_report(tmp_path, difficulty_samples=0).read_text()
+    assert "parity with PonderNet's N 10 (paper: 20)" in text
+    assert "ACT's M" not in text

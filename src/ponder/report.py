@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 
 from . import matched, rundir
-from .config import TASK_DEFAULTS
+from .config import PONDERNET_DEFAULTS, TASK_DEFAULTS
 from .figures import build_figures
 from .results import (
     DIFFERS,
@@ -199,6 +199,16 @@ def reduced_reasons(runs: list[RunResult]) -> list[str]:
             if mine != paper:
                 reasons.append(f"{task} with {options} (paper: {_options(paper)})")
         for name, value in TASK_DEFAULTS.get(task, {}).items():
+            if name == "max_ponder":  # ACT's M against Fojo's, PonderNet's N against Banino's
+                for model, says, paper_n in (
+                    ("act", "ACT's M", value),
+                    ("pondernet", "PonderNet's N", PONDERNET_DEFAULTS["max_ponder"]),
+                ):
+                    mine = {c.max_ponder for c in configs if c.model == model} - {paper_n}
+                    if mine:
+                        said = ", ".join(str(o) for o in sorted(mine))
+                        reasons.append(f"{task} with {says} {said} (paper: {paper_n})")
+                continue
             others = sorted({getattr(c, name) for c in configs} - {value}, key=str)
             if others:
                 said = ", ".join(str(o) for o in others)
