@@ -47,9 +47,10 @@ def test_full_grid_with_a_smaller_budget_says_what_it_cannot_reproduce():
     assert "none of Fojo et al. Table 2's solved rows" in reproduce.budget_note("addition", 10**6)
 
 
-def test_quick_only_for_parity(capsys, tmp_path):
-    assert main(["reproduce", "addition", "--quick", "--out", str(tmp_path)]) == 2
-    assert "--quick reproduces parity only" in capsys.readouterr().err
+def test_quick_only_for_parity_and_extrapolation(capsys, tmp_path):
+    for what in ("addition", "pondernet", "all"):
+        assert main(["reproduce", what, "--quick", "--out", str(tmp_path)]) == 2
+        assert "--quick is for parity and extrapolation" in capsys.readouterr().err
     assert main(["reproduce", "parity", "--quick", "--seeds", "5", "--out", str(tmp_path)]) == 2
     assert "--quick runs 3 seeds" in capsys.readouterr().err
     assert main(["reproduce", "parity", "--quick", "--budget", "500", "--out", str(tmp_path)]) == 2

@@ -27,7 +27,11 @@ FULL_GRIDS = {
 }
 # Experiments beyond the Fojo paper's tables (not part of ``all``).
 EXTRA_GRIDS = {"pondernet": ["parity-pondernet"], "extrapolation": ["parity-extrapolation"]}
-EXPERIMENTS = {**FULL_GRIDS, **EXTRA_GRIDS}
+
+
+def experiments() -> dict[str, list[str]]:
+    """Every experiment ``reproduce`` knows and its grids (read when called)."""
+    return {**FULL_GRIDS, **EXTRA_GRIDS}
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,12 @@ def quick_extrapolation_grid() -> sweeps.Grid:
     return sweeps.Grid(name="parity-extrapolation-quick", runs=runs, note=note)
 
 
-QUICK_GRIDS = {"parity": quick_grid, "extrapolation": quick_extrapolation_grid}
+QUICK_EXPERIMENTS = ("parity", "extrapolation")
+
+
+def quick_grid_of(what: str) -> sweeps.Grid:
+    """The reduced grid of ``--quick`` for an experiment of ``QUICK_EXPERIMENTS``."""
+    return quick_grid() if what == "parity" else quick_extrapolation_grid()
 
 
 def full_grid(task: str, seeds: int | None = None, budget: int | None = None) -> sweeps.Grid:
@@ -151,7 +160,7 @@ def full_grid(task: str, seeds: int | None = None, budget: int | None = None) ->
     the paper's 2,000,000 (said in the grid's note, which the report puts at its top)."""
     grids = [
         sweeps.load_grid(sweeps.builtin_grid(name), seeds=seeds, budget=budget, progress=False)
-        for name in EXPERIMENTS[task]
+        for name in experiments()[task]
     ]
     grid = sweeps.merge_grids(grids, f"{task}-full")
     if budget is not None and budget != PAPER_BUDGET:
@@ -247,10 +256,11 @@ def reproduce(
     """
     from .report import build_report
 
-    if what not in (*EXPERIMENTS, "all"):
-        raise ConfigError(f"unknown experiment {what!r} (known: {', '.join(EXPERIMENTS)}, all)")
+    known = experiments()
+    if what not in (*known, "all"):
+        raise ConfigError(f"unknown experiment {what!r} (known: {', '.join(known)}, all)")
     names = list(FULL_GRIDS) if what == "all" else [what]
-    if quick and (len(names) != 1 or names[0] not in QUICK_GRIDS):
+    if quick and (len(names) != 1 or names[0] not in QUICK_EXPERIMENTS):
         raise ConfigError(
             "--quick is for parity and extrapolation: `ponder reproduce parity --quick`"
         )
@@ -264,7 +274,7 @@ def reproduce(
     out = Path(out)
     plans = []
     for task in names:
-        grid = QUICK_GRIDS[task]() if quick else full_grid(task, seeds=seeds, budget=budget)
+        grid = quick_grid_of(task) if quick else full_grid(task, seeds=seeds, budget=budget)
         if cuda_graphs is not None:
             grid = sweeps.override(grid, cuda_graphs=cuda_graphs)
         plans.append((task, grid, out / task if what == "all" else out))
