@@ -543,6 +543,12 @@ def test_old_fixed_runs_have_their_steps_inferred_from_rho(tmp_path):
     make_run(sw, "rnn", model="rnn")
     runs = {r.config.model: r for r in results.load_runs(sw)[0]}
     assert matched.cost(runs["repeat"]) == 3.0 and matched.cost(runs["rnn"]) == 1.0
+    # fixed computation alone is no frontier: nothing adaptive to set against it
+    report.build_report(sw, difficulty_samples=0)
+    assert not (sw / "figures" / "parity-frontier.png").exists()
+    make_run(sw, "act", model="act", tau=0.01, held_out={"eval": (0.9, 2.4)})
+    report.build_report(sw, difficulty_samples=0)
+    assert (sw / "figures" / "parity-frontier.png").exists()
 
 
 # ------------------------------------------------------------------ the grids

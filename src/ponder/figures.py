@@ -319,15 +319,15 @@ METHOD_COLORS = {
 def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
     """The accuracy-compute frontier: one point per run (mean inference steps per token against
     final held-out accuracy), a panel per held-out set, coloured by method, each configuration's
-    median marked and named. False (nothing written) unless the runs logged their costs and more
-    than one configuration has them."""
+    median marked and named. False (nothing written) unless more than one configuration, one of
+    them adaptive, has its costs logged."""
     from . import matched
 
     mine = [r for r in rows if r.task == task]
     names = matched.held_out_sets(mine)
     have = [row for row in mine if any(matched.cost(r) is not None for r in row.runs)]
-    if len(have) < 2 or not names:
-        return False
+    if len(have) < 2 or not names or not any(row.model in ADAPTIVE for row in have):
+        return False  # nothing to compare: fixed computation only
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         seen = set()
