@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from sweeps import make_run
+from sweeps import make_run, read_csv
 
 from ponder import engine, matched, report, reproduce, results, rundir, sweep, train
 from ponder.cli import main
@@ -491,6 +491,24 @@ def test_report_shows_the_matched_table_and_the_missing_baseline(tmp_path):
     assert "{model: repeat, rho: [3]}" not in section
     assert (sw / "figures" / "parity-frontier.png").exists()
     assert "parity-frontier.png" in text
+
+
+def test_the_report_carries_every_set_for_every_configuration(tmp_path):
+    sw = matched_sweep(tmp_path)
+    text = report.build_report(sw, difficulty_samples=0).read_text()
+    section = text.split("## Held-out sets", 1)[1].split("\n## ", 1)[0]
+    body = [ln for ln in section.splitlines() if ln.startswith("|")][2:]
+    labels = [ln.strip("|").split("|")[0].strip() for ln in body]
+    assert len(labels) == 5 and labels[0] == "RNN"  # every configuration, the fixed ones too
+    act = next(ln for ln in body if ln.startswith("| ACT"))
+    assert "| 2.50 |" in act and "2/2 " in act and "0/2 " in act
+    rows = read_csv(sw)
+    for row in rows:  # per set: cost, median accuracy, k/n
+        for name in ("eval", "extrapolation"):
+            assert {f"{name}_mean_steps", f"{name}_median_accuracy", f"{name}_solved"} <= set(row)
+    act_csv = next(r for r in rows if r["model"] == "act")
+    assert float(act_csv["eval_mean_steps"]) == pytest.approx(2.5)
+    assert act_csv["eval_solved"] == "2/2" and act_csv["extrapolation_solved"] == "0/2"
 
 
 def test_a_cost_near_one_pairs_with_the_rnn(tmp_path):

@@ -77,6 +77,57 @@ def side(row: ConfigRow, name: str) -> Side:
     return Side(solved, len(values), metrics.wilson_interval(solved, len(values)), q50, q25, q75)
 
 
+def set_columns(rows: list[ConfigRow]) -> list[str]:
+    """report.csv's columns for the held-out sets: per set, the mean steps per token computed
+    and the median final accuracy over seeds, and the seeds at or above the threshold."""
+    return [
+        f"{name}_{c}"
+        for name in held_out_sets(rows)
+        for c in ("mean_steps", "median_accuracy", "solved")
+    ]
+
+
+def set_values(row: ConfigRow, names: list[str]) -> dict[str, str]:
+    """One configuration's ``set_columns`` values, as strings ("" where not logged)."""
+    out = {}
+    for name in names:
+        costs = [c for c in (cost(r, name) for r in row.runs) if c is not None]
+        s = side(row, name)
+        out[f"{name}_mean_steps"] = f"{np.mean(costs):.4g}" if costs else ""
+        out[f"{name}_median_accuracy"] = "" if s.median is None else f"{s.median:.4g}"
+        out[f"{name}_solved"] = f"{s.solved}/{s.runs}" if s.runs else ""
+    return out
+
+
+def held_out_markdown(rows: list[ConfigRow]) -> list[str]:
+    """Every configuration on every held-out set (report.md lines; [] when the runs logged no
+    steps per token): cost and accuracy side by side."""
+    if not any(cost(r) is not None for row in rows for r in row.runs if row.model in ADAPTIVE):
+        return []
+    names = held_out_sets(rows)
+    head = ["configuration"]
+    for name in names:
+        head += [f"{set_title(name)}: steps per token", f"{set_title(name)}: accuracy"]
+    lines = [
+        "",
+        "## Held-out sets",
+        "",
+        "Each configuration's last evaluation on every held-out set: steps per token computed "
+        "(mean over seeds) and accuracy (seeds at or above the solve threshold, k/n [95% Wilson "
+        "interval]; median [25th, 75th percentile] over seeds).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for row in rows:
+        cells = [row.label]
+        for name in names:
+            costs = [c for c in (cost(r, name) for r in row.runs) if c is not None]
+            cells += [f"{np.mean(costs):.2f}" if costs else "-", side(row, name).text()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 @dataclass
 class Matched:
     """An adaptive configuration and the fixed one at its cost (None when the sweep has none)."""

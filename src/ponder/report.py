@@ -159,9 +159,14 @@ def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
 def write_csv(rows: list[ConfigRow], path: Path) -> None:
     """report.csv, written atomically so a reader never sees half a table."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, CSV_COLUMNS, lineterminator="\n")
+    sets = matched.set_columns(rows)  # per held-out set, after the fixed columns
+    names = [c[: -len("_mean_steps")] for c in sets if c.endswith("_mean_steps")]
+    writer = csv.DictWriter(buf, CSV_COLUMNS + sets, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(csv_rows(rows))
+    writer.writerows(
+        {**line, **matched.set_values(row, names)}
+        for line, row in zip(csv_rows(rows), rows, strict=True)
+    )
     rundir.atomic_write(Path(path), buf.getvalue())
 
 
@@ -326,6 +331,7 @@ def write_markdown(
                 "\\* Provisional, the numbers may still change: " + "; ".join(provisional) + ".",
             ]
 
+    lines += matched.held_out_markdown(rows)
     lines += matched.markdown(rows)
 
     if figures:
