@@ -2,10 +2,11 @@
 # What only a GPU can show, in one run (about 7 minutes on one H100 or H200; run it with a
 # 9-10 minute limit):
 #   1. the tests that touch CUDA: task sampling on a CUDA generator, and CUDA-graph training
-#      (tests/test_graphs.py: a graphed run logs what the eager run logs and resumes; the
-#      graphed ensemble equals the eager one);
+#      (tests/test_graphs.py: a graphed run logs what the eager run logs and resumes, for ACT,
+#      Repeat and PonderNet; the graphed ensemble equals the eager one);
 #   2. `ponder bench --quick --device cuda`, then the full bench as far as the time allows:
-#      single-run and ensemble (K = 1, 16, 64) throughput against the naive reference. Issue
+#      single-run and ensemble (K = 1, 16, 64; PonderNet K = 1, 16) throughput against the
+#      naive reference. Issue
 #      targets on one H100: single-run parity Repeat >= 10x and ACT >= 5x the naive reference,
 #      ensemble of 64 >= 100x, the addition table projected at <= 1 hour; and parity ACT
 #      ensembles of 16 by how their members ponder (the graphed path keeps a fixed unroll over
