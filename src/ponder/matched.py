@@ -99,6 +99,15 @@ def set_values(row: ConfigRow, names: list[str]) -> dict[str, str]:
     return out
 
 
+def cost_text(costs: list[float], runs: int) -> str:
+    """The mean of ``costs``, saying how many of ``runs`` seeds logged one when not all did
+    (runs logged before the steps per token were recorded)."""
+    if not costs:
+        return "-"
+    text = f"{np.mean(costs):.2f}"
+    return text if len(costs) == runs else f"{text} ({len(costs)} of {runs} seeds)"
+
+
 def held_out_markdown(rows: list[ConfigRow]) -> list[str]:
     """Every configuration on every held-out set (report.md lines; [] when the runs logged no
     steps per token): cost and accuracy side by side."""
@@ -123,7 +132,7 @@ def held_out_markdown(rows: list[ConfigRow]) -> list[str]:
         cells = [row.label]
         for name in names:
             costs = [c for c in (cost(r, name) for r in row.runs) if c is not None]
-            cells += [f"{np.mean(costs):.2f}" if costs else "-", side(row, name).text()]
+            cells += [cost_text(costs, len(row.runs)), side(row, name).text()]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -192,7 +201,9 @@ def markdown(rows: list[ConfigRow]) -> list[str]:
     missing = []
     for m in pairs:
         lo, hi = m.cost_range
-        cells = [m.adaptive.label, f"{m.cost:.2f} ({lo:.2f}-{hi:.2f})"]
+        logged = sum(cost(r) is not None for r in m.adaptive.runs)
+        of = "" if logged == len(m.adaptive.runs) else f"; {logged} of {len(m.adaptive.runs)} seeds"
+        cells = [m.adaptive.label, f"{m.cost:.2f} ({lo:.2f}-{hi:.2f}{of})"]
         if m.fixed is None:
             cells.append(f"none at rho={m.rho}")
             missing.append(m)
