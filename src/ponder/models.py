@@ -1,4 +1,4 @@
-"""Task-sized networks: a recurrent core (plain RNN, ACT or Repeat-RNN) and a linear readout.
+"""Task-sized networks: a recurrent core (plain RNN, ACT, Repeat-RNN or PonderNet) and a readout.
 
 Initialisation follows the authors' TensorFlow 1.4 code by default (``init="tf"``): a cell's
 kernel over [input; hidden] is Glorot-uniform with limit sqrt(6 / (fan_in + fan_out)),
