@@ -77,7 +77,41 @@ def _map(fn, *states: State) -> State:
     return fn(*states)
 
 
-class ACT(nn.Module):
+def flagged(x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t^1 and x_t^n (n > 1): the token with the first-step flag (1, then 0) as its first
+    column."""
+    flag = x_t.new_ones(x_t.shape[0], 1)
+    return torch.cat([flag, x_t], 1), torch.cat([flag * 0, x_t], 1)
+
+
+class Pondering(nn.Module):
+    """What ACT and PonderNet share: the wrapped cell, a halting unit over its output (an
+    ``nn.Linear(hidden, 1)`` whose bias starts at ``halting_bias``), the most steps per token,
+    and the check of their input's shape."""
+
+    def __init__(self, name: str, cell: nn.Module, max_steps: int, halting_bias: float) -> None:
+        super().__init__()
+        check_cell(name, cell)
+        if max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        self._method = name
+        self.cell = cell
+        self.max_steps = int(max_steps)
+        self.hidden_size = cell.hidden_size
+        self.input_size = cell.input_size - 1  # the data's features, without the flag
+        self.halting = nn.Linear(cell.hidden_size, 1)
+        with torch.no_grad():
+            self.halting.bias.fill_(halting_bias)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{self._method} expects x of shape [batch, time, {self.input_size}], "
+                f"got {tuple(x.shape)}"
+            )
+
+
+class ACT(Pondering):
     r"""Wrap a recurrent cell so that it ponders a data-dependent number of steps per token.
 
     Args:
@@ -113,20 +147,10 @@ class ACT(nn.Module):
         max_steps: int = 100,
         halting_bias: float = 1.0,
     ) -> None:
-        super().__init__()
-        check_cell("ACT", cell)
+        super().__init__("ACT", cell, max_steps, halting_bias)
         if not 0.0 < epsilon < 1.0:
             raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self.cell = cell
         self.epsilon = float(epsilon)
-        self.max_steps = int(max_steps)
-        self.hidden_size = cell.hidden_size
-        self.input_size = cell.input_size - 1  # the data's features, without the flag
-        self.halting = nn.Linear(cell.hidden_size, 1)
-        with torch.no_grad():
-            self.halting.bias.fill_(halting_bias)
 
     def forward(
         self,
@@ -135,10 +159,7 @@ class ACT(nn.Module):
         return_probs: bool = False,
         unroll: int | None = None,
     ) -> tuple[torch.Tensor, State, dict[str, torch.Tensor]]:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"ACT expects x of shape [batch, time, {self.input_size}], got {tuple(x.shape)}"
-            )
+        self.check_input(x)
         batch, time, _ = x.shape
         if state is None:
             state = initial_state(self.cell, x)
@@ -167,8 +188,7 @@ class ACT(nn.Module):
         return torch.stack(outputs, 1), state, info
 
     def _ponder(self, x_t: torch.Tensor, s_prev: State, unroll: int | None, probs: bool):
-        flag = x_t.new_ones(x_t.shape[0], 1)
-        first, later = torch.cat([flag, x_t], 1), torch.cat([flag * 0, x_t], 1)  # x_t^1, x_t^n>1
+        first, later = flagged(x_t)  # x_t^1, x_t^n>1
 
         def step(n: int, s: State, rows: torch.Tensor | None, members: None) -> State:
             return self.cell(take_rows(first if n == 1 else later, rows), s)

@@ -219,7 +219,7 @@ class Ensemble(nn.Module):
         g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
         b_gh = None if fold else b_hh
         state = self._zero_state(x)
-        outs, logits, halting = [], [], []
+        outs, log_p, halting = [], [], []
         for i in range(t):
             s, states = state, []
             for n in range(n_steps):
@@ -227,8 +227,7 @@ class Ensemble(nn.Module):
                 s = _recur(self.spec.cell, gi, s[0] if isinstance(s, tuple) else s, w_hh, b_gh, s)
                 states.append(s)
             ys = torch.stack([s[0] if isinstance(s, tuple) else s for s in states], 2)
-            z = _linear(ys, w_halt, b_halt).squeeze(-1)  # (K, B, N)
-            lambdas, _ = log_halting(z)
+            lambdas, log_p_t = log_halting(_linear(ys, w_halt, b_halt).squeeze(-1))  # (K, B, N)
             n_star = sample_halting(lambdas.detach(), uniforms[:, :, i])  # (K, B)
             if i < t - 1:  # s_t^{n*}: the next token starts there (the last one's is unused)
                 pick = (n_star - 1)[None, :, :, None].expand(1, k, b, self.spec.hidden)
@@ -238,14 +237,13 @@ class Ensemble(nn.Module):
 
                 state = tuple(map(at_halt, *states)) if isinstance(s, tuple) else at_halt(*states)
             outs.append(ys)
-            logits.append(z)
+            log_p.append(log_p_t)
             halting.append(n_star)
-        z = torch.stack(logits, 2)  # (K, B, T, N)
-        _, log_p = log_halting(z)
+        log_p_kbt = torch.stack(log_p, 2)  # (K, B, T, N)
         core = {
-            "log_p": log_p,
+            "log_p": log_p_kbt,
             "halting_step": torch.stack(halting, 2),
-            "expected_steps": expected_steps(log_p.exp()),
+            "expected_steps": expected_steps(log_p_kbt.exp()),
         }
         ys = torch.stack(outs, 2)  # (K, B, T, N, H)
         return pondernet_head(_linear(ys, self.p("readout.weight"), self.p("readout.bias")), core)

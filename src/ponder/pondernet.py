@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .act import State, _map, _output, check_cell, initial_state
+from .act import Pondering, State, _map, _output, flagged, initial_state
 
 
 def log_halting(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +82,7 @@ def expected_steps(p: torch.Tensor) -> torch.Tensor:
     return (p * n).sum(-1)
 
 
-class PonderNet(nn.Module):
+class PonderNet(Pondering):
     r"""Wrap a recurrent cell so that it ponders with a learned halting distribution.
 
     Args:
@@ -108,17 +108,7 @@ class PonderNet(nn.Module):
     """
 
     def __init__(self, cell: nn.Module, max_steps: int = 20, halting_bias: float = 0.0) -> None:
-        super().__init__()
-        check_cell("PonderNet", cell)
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self.cell = cell
-        self.max_steps = int(max_steps)
-        self.hidden_size = cell.hidden_size
-        self.input_size = cell.input_size - 1  # the data's features, without the flag
-        self.halting = nn.Linear(cell.hidden_size, 1)
-        with torch.no_grad():
-            self.halting.bias.fill_(halting_bias)
+        super().__init__("PonderNet", cell, max_steps, halting_bias)
 
     def forward(
         self,
@@ -127,11 +117,7 @@ class PonderNet(nn.Module):
         generator: torch.Generator | None = None,
         uniforms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State, dict[str, torch.Tensor]]:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"PonderNet expects x of shape [batch, time, {self.input_size}], "
-                f"got {tuple(x.shape)}"
-            )
+        self.check_input(x)
         batch, time, _ = x.shape
         n_steps = self.max_steps
         if uniforms is None:
@@ -140,18 +126,16 @@ class PonderNet(nn.Module):
             )
         if state is None:
             state = initial_state(self.cell, x)
-        flag = x.new_ones(batch, 1)
-        outputs, logits, halting = [], [], []
+        outputs, lambdas, log_p, halting = [], [], [], []
         for t in range(time):
-            first, later = torch.cat([flag, x[:, t]], 1), torch.cat([flag * 0, x[:, t]], 1)
+            first, later = flagged(x[:, t])
             s, states = state, []
             for n in range(n_steps):
                 s = self.cell(first if n == 0 else later, s)  # s_t^n
                 states.append(s)
             ys = torch.stack([_output(s) for s in states], 1)  # (B, N, H)
-            z = self.halting(ys).squeeze(-1)  # (B, N)
-            lambdas, _ = log_halting(z)
-            n_star = sample_halting(lambdas.detach(), uniforms[:, t])  # (B,)
+            lam_t, log_p_t = log_halting(self.halting(ys).squeeze(-1))  # (B, N) each
+            n_star = sample_halting(lam_t.detach(), uniforms[:, t])  # (B,)
             # the next token starts from s_t^{n*}
             pick = (n_star - 1).view(1, batch, 1)
 
@@ -160,15 +144,15 @@ class PonderNet(nn.Module):
 
             state = _map(at_halt, *states)
             outputs.append(ys)
-            logits.append(z)
+            lambdas.append(lam_t)
+            log_p.append(log_p_t)
             halting.append(n_star)
-        z = torch.stack(logits, 1)  # (B, T, N)
-        lambdas, log_p = log_halting(z)
-        p = log_p.exp()
+        log_p_bt = torch.stack(log_p, 1)  # (B, T, N)
+        p = log_p_bt.exp()
         info = {
-            "lambdas": lambdas,
+            "lambdas": torch.stack(lambdas, 1),
             "p": p,
-            "log_p": log_p,
+            "log_p": log_p_bt,
             "halting_step": torch.stack(halting, 1),
             "expected_steps": expected_steps(p),
         }
