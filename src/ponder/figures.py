@@ -325,7 +325,7 @@ def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
 
     mine = [r for r in rows if r.task == task]
     names = matched.held_out_sets(mine)
-    have = [row for row in mine if any(matched.cost(r) is not None for r in row.runs)]
+    have = [row for row in mine if matched.logged_costs(row)]
     if len(have) < 2 or not names or not any(row.model in ADAPTIVE for row in have):
         return False  # nothing to compare: fixed computation only
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)

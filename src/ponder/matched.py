@@ -41,6 +41,11 @@ def cost(run: RunResult, name: str = "eval") -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
+def logged_costs(row: ConfigRow, name: str = "eval") -> list[float]:
+    """The costs on set ``name`` of the configuration's seeds that logged one."""
+    return [c for c in (cost(r, name) for r in row.runs) if c is not None]
+
+
 def accuracy(run: RunResult, name: str) -> float | None:
     value = run.held_out.get(name, {}).get("accuracy")
     return None if value is None or math.isnan(value) else float(value)
@@ -91,7 +96,7 @@ def set_values(row: ConfigRow, names: list[str]) -> dict[str, str]:
     """One configuration's ``set_columns`` values, as strings ("" where not logged)."""
     out = {}
     for name in names:
-        costs = [c for c in (cost(r, name) for r in row.runs) if c is not None]
+        costs = logged_costs(row, name)
         s = side(row, name)
         out[f"{name}_mean_steps"] = f"{np.mean(costs):.4g}" if costs else ""
         out[f"{name}_median_accuracy"] = "" if s.median is None else f"{s.median:.4g}"
@@ -108,31 +113,39 @@ def cost_text(costs: list[float], runs: int) -> str:
     return text if len(costs) == runs else f"{text} ({len(costs)} of {runs} seeds)"
 
 
+def _section(title: str, text: str, head: list[str]) -> list[str]:
+    """A report.md section's opening: its title, what it shows, and its table's head."""
+    return [
+        "",
+        f"## {title}",
+        "",
+        text,
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+
+
 def held_out_markdown(rows: list[ConfigRow]) -> list[str]:
     """Every configuration on every held-out set (report.md lines; [] when the runs logged no
     steps per token): cost and accuracy side by side."""
-    if not any(cost(r) is not None for row in rows for r in row.runs if row.model in ADAPTIVE):
+    if not any(logged_costs(row) for row in rows if row.model in ADAPTIVE):
         return []
     names = held_out_sets(rows)
     head = ["configuration"]
     for name in names:
         head += [f"{set_title(name)}: steps per token", f"{set_title(name)}: accuracy"]
-    lines = [
-        "",
-        "## Held-out sets",
-        "",
+    lines = _section(
+        "Held-out sets",
         "Each configuration's last evaluation on every held-out set: steps per token computed "
         "(mean over seeds) and accuracy (seeds at or above the solve threshold, k/n [95% Wilson "
         "interval]; median [25th, 75th percentile] over seeds).",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+        head,
+    )
     for row in rows:
         cells = [row.label]
         for name in names:
-            costs = [c for c in (cost(r, name) for r in row.runs) if c is not None]
-            cells += [cost_text(costs, len(row.runs)), side(row, name).text()]
+            cells += [cost_text(logged_costs(row, name), len(row.runs)), side(row, name).text()]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -167,7 +180,7 @@ def matched_rows(rows: list[ConfigRow]) -> list[Matched]:
     for row in rows:
         if row.model not in ADAPTIVE:
             continue
-        costs = [c for c in (cost(r) for r in row.runs) if c is not None]
+        costs = logged_costs(row)
         if not costs:
             continue
         c = float(np.mean(costs))
@@ -185,23 +198,19 @@ def markdown(rows: list[ConfigRow]) -> list[str]:
     head = ["adaptive configuration", "steps per token c (range)", "Repeat at round(c)"]
     for name in names:
         head += [f"{set_title(name)}: adaptive", f"{set_title(name)}: Repeat"]
-    lines = [
-        "",
-        "## Compute-matched comparison",
-        "",
+    lines = _section(
+        "Compute-matched comparison",
         "Each adaptive configuration beside Repeat at rho = round(c), c its mean inference cost "
         "in distribution (steps per token its evaluation computed, mean over seeds): at equal "
         "inference cost, which is more accurate? Cells: seeds whose final held-out accuracy "
         "reaches the solve threshold, k/n [95% Wilson interval]; median final accuracy "
         "[25th, 75th percentile] over seeds.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+        head,
+    )
     missing = []
     for m in pairs:
         lo, hi = m.cost_range
-        logged = sum(cost(r) is not None for r in m.adaptive.runs)
+        logged = len(logged_costs(m.adaptive))
         of = "" if logged == len(m.adaptive.runs) else f"; {logged} of {len(m.adaptive.runs)} seeds"
         cells = [m.adaptive.label, f"{m.cost:.2f} ({lo:.2f}-{hi:.2f}{of})"]
         if m.fixed is None:

@@ -302,8 +302,7 @@ class MetricsLog:
         self._csv.writerow(row)
         self._file.flush()
         for k in self.names[1:]:
-            if k in row:
-                self._tb.add_scalar(k, row[k], row["step"])
+            self._tb.add_scalar(k, row[k], row["step"])
 
     def close(self) -> None:
         if self._tb is not None:
