@@ -1,6 +1,16 @@
 import pytest
+import torch
 
 from ponder.config import RunConfig, resolve
+
+
+@pytest.fixture
+def float64():
+    """Exact comparisons with a reference need double precision; restored after each test."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 @pytest.fixture

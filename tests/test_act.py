@@ -2,23 +2,15 @@
 
 import pytest
 import torch
+from cells import torch_cell
 from torch import nn
 
 from ponder import ACT
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons with the reference need double precision; restored after each test."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons (conftest.py)
 
 
-def _cell(kind: str, features: int, hidden: int, seed: int = 0):
-    torch.manual_seed(seed)
-    return {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[kind](features + 1, hidden)
+_cell = torch_cell
 
 
 def reference(act: ACT, x: torch.Tensor):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from cells import torch_cell
 from scipy import stats
 from torch import nn
 from torch.nn import functional as F
@@ -17,13 +18,7 @@ from ponder.pondernet import PonderNet, regulariser
 FEATURES, HIDDEN, STEPS, BATCH = 5, 7, 6, 4
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons with the reference need double precision; restored after each test."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons (conftest.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -32,8 +27,7 @@ def float64():
 
 
 def _cell(kind: str, features: int = FEATURES, hidden: int = HIDDEN, seed: int = 0):
-    torch.manual_seed(seed)
-    return {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}[kind](features + 1, hidden)
+    return torch_cell(kind, features, hidden, seed)
 
 
 class LayerNormGRUCell(nn.Module):
