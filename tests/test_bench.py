@@ -87,6 +87,7 @@ def test_run_bench_writes_table(tmp_path, capsys):
         "| every member halts at once",
         "| every member ponders 6 steps",
         "| 15 halt at once, 1 ponders 6",
+        "| 15 halt at once, 1 ponders to M",
     ]
     assert profiles[0].split(" | ")[3] == "1.00x"  # the at-once case against itself
 

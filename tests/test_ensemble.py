@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from ponder import engine, ensemble, rundir, train
+from ponder import act, engine, ensemble, fused, rundir, train
 from ponder.models import ModelSpec, build_model
 
 
@@ -201,17 +201,22 @@ def test_members_that_ponder_differently_equal_their_networks_in_value_and_gradi
             torch.testing.assert_close(ens.p(name).grad[k], p.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_a_ponder_step_computes_only_the_members_still_pondering(monkeypatch):
-    nets = _mixed_ponder_nets("rnn")
+@pytest.mark.parametrize("cell", ["rnn", "gru"])  # the hand-written backward, and autograd's
+def test_a_ponder_step_computes_only_the_members_still_pondering(monkeypatch, cell):
+    nets = _mixed_ponder_nets(cell)
     ens = ensemble.Ensemble(nets)
     computed = []  # (members, rows) of every ponder step's recurrence
-    real = ensemble._recur
 
-    def counting(kind, gi, h, w_hh, b_hh, state):
-        computed.append(tuple(h.shape[:2]))
-        return real(kind, gi, h, w_hh, b_hh, state)
+    def counting(step, *args, **kwargs):
+        def counted(n, s, rows, members):
+            h = s[0] if isinstance(s, tuple) else s
+            computed.append(tuple(h.shape[:2]))
+            return step(n, s, rows, members)
 
-    monkeypatch.setattr(ensemble, "_recur", counting)
+        return act.ponder_token(counted, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "ponder_token", counting)
+    monkeypatch.setattr(fused, "ponder_token", counting)
     x = torch.randn(4, 7, 2, 6, dtype=torch.float64)
     ens(x)
     # Per token: step 1 computes all 4 members x 7 samples; step 2 the two that ponder on

@@ -188,6 +188,10 @@ class ACT(Pondering):
         return torch.stack(outputs, 1), state, info
 
     def _ponder(self, x_t: torch.Tensor, s_prev: State, unroll: int | None, probs: bool):
+        cell = self.cell
+        tanh_rnn = type(cell) is nn.RNNCell and cell.nonlinearity == "tanh"
+        if tanh_rnn and unroll is None and not probs:  # the hand-written backward (fused.py)
+            return self._tanh_ponder(x_t, s_prev)
         first, later = flagged(x_t)  # x_t^1, x_t^n>1
 
         def step(n: int, s: State, rows: torch.Tensor | None, members: None) -> State:
@@ -197,6 +201,20 @@ class ACT(Pondering):
             return torch.sigmoid(self.halting(y)).squeeze(-1)
 
         return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps, unroll, probs)
+
+    def _tanh_ponder(self, x_t: torch.Tensor, s_prev: torch.Tensor):
+        """``_ponder`` for an ``nn.RNNCell`` (tanh) through ``fused.tanh_act``, one run of K."""
+        from .fused import tanh_act  # fused builds on ponder_token, defined here
+
+        cell = self.cell
+        w_ih = cell.weight_ih
+        bias = cell.bias_ih + cell.bias_hh if cell.bias else None
+        g = nn.functional.linear(x_t, w_ih[:, 1:], bias)  # x_t's part, the flag's column apart
+        y, steps, remainder = tanh_act(
+            (g + w_ih[:, 0])[None], g[None], s_prev[None], cell.weight_hh[None],
+            self.halting.weight[None], self.halting.bias[None], self.epsilon, self.max_steps,
+        )  # fmt: skip
+        return y[0], y[0], steps[0], remainder[0], None, None
 
 
 def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:

@@ -81,11 +81,14 @@ CASES = [
 # ACT ensembles by how their members ponder: (label, each member's halting bias). The halting
 # unit's weights are set to zero before every timed step, so h = sigmoid(bias) on every ponder
 # step: +5 halts every sample at the first (h > 1 - eps), -1.6 after six (6 x 0.168 >= 0.99).
-HALT_AT_ONCE, PONDER_SIX = 5.0, -1.6
+# -10 never reaches 1 - eps, so it ponders to the cap M = 100: the tail that tau = 1e-3 runs
+# show late in training, where a step waits for a few samples that ponder to M.
+HALT_AT_ONCE, PONDER_SIX, PONDER_TO_M = 5.0, -1.6, -10.0
 PROFILES = [
     ("every member halts at once", (HALT_AT_ONCE,) * 16),
     ("every member ponders 6 steps", (PONDER_SIX,) * 16),
     ("15 halt at once, 1 ponders 6", (HALT_AT_ONCE,) * 15 + (PONDER_SIX,)),
+    ("15 halt at once, 1 ponders to M", (HALT_AT_ONCE,) * 15 + (PONDER_TO_M,)),
 ]
 PROFILE_CASE = Case("act tau=1e-3", {"task": "parity", "model": "act", "tau": 1e-3})
 
@@ -553,7 +556,8 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
             "",
             "Before every timed step each member's halting unit is set to h = sigmoid(bias) "
             f"whatever its input (weights zero; bias {HALT_AT_ONCE:g}: halts at the first ponder "
-            f"step, {PONDER_SIX:g}: after six), so the profile holds while it is timed. "
+            f"step, {PONDER_SIX:g}: after six, {PONDER_TO_M:g}: at the cap M), so the profile "
+            "holds while it is timed. "
             "A ponder step computes only the members and samples still pondering, so one "
             "slow member no longer makes the others pay for its steps. The naive sweep trains "
             "the same members one after another with the naive reference.",

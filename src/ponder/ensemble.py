@@ -32,6 +32,7 @@ from torch import nn
 from . import engine
 from .act import ponder_token, take_rows
 from .config import RunConfig
+from .fused import tanh_act
 from .models import ModelSpec, TaskNet, pondernet_head
 from .pondernet import expected_steps, log_halting, sample_halting
 
@@ -184,6 +185,7 @@ class Ensemble(nn.Module):
             return torch.sigmoid(_linear(y, w, b)).squeeze(-1)
 
         state = self._zero_state(x)
+        limits = (self.spec.epsilon, self.spec.max_ponder)
         outs, steps, rems, overflow = [], [], [], []
         for t in range(x.shape[2]):
             g_first, g_later = g_tokens[t] + w_flag, g_tokens[t]
@@ -194,9 +196,13 @@ class Ensemble(nn.Module):
                 b = of("b_hh", b_hh, members) if not fold else None  # folded into gi otherwise
                 return _recur(self.spec.cell, gi, h, of("w_hh", w_hh, members), b, s)
 
-            y, state, n_t, r_t, _, o_t = ponder_token(
-                step, halt, state, self.spec.epsilon, self.spec.max_ponder, unroll, probs=False
-            )
+            if self.spec.cell == "rnn" and unroll is None:  # the hand-written backward
+                y, n_t, r_t = tanh_act(g_first, g_later, state, w_hh, w_halt, b_halt, *limits)
+                state, o_t = y, None
+            else:
+                y, state, n_t, r_t, _, o_t = ponder_token(
+                    step, halt, state, *limits, unroll, probs=False
+                )
             overflow.append(o_t)
             outs.append(y)
             steps.append(n_t)
