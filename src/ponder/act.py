@@ -251,7 +251,10 @@ def _add_rows(
 def _add_sums(totals: tuple, sums: tuple, rows: torch.Tensor | None, flat: torch.Tensor | None):
     """Per-sample ``(s_t, R(t), N(t))`` plus the compact set's sums, added at its rows."""
     (s_mean, remainder, steps), (c_mean, c_rem, c_steps) = totals, sums
-    s_mean = _map(lambda acc, c: _add_rows(acc, rows, c, flat), s_mean, c_mean)
+    if s_mean is None:  # nothing summed yet: the first set, which is every row, is the sum
+        s_mean = c_mean
+    else:
+        s_mean = _map(lambda acc, c: _add_rows(acc, rows, c, flat), s_mean, c_mean)
     return s_mean, _add_rows(remainder, rows, c_rem, flat), _add_rows(steps, rows, c_steps, flat)
 
 
@@ -295,8 +298,8 @@ def ponder_token(
     # when that set changes: a ponder step then touches only the rows it computes.
     steps = torch.zeros(lead, dtype=torch.long, device=y_prev.device)
     remainder = y_prev.new_zeros(lead)
-    s_mean = _map(torch.zeros_like, s_prev)
-    c_steps, c_rem, c_mean = steps, remainder, s_mean  # at first the compact set is every row
+    s_mean = None  # (zero: the sums start at a set's first step, so no zeros are written)
+    c_steps, c_rem, c_mean = steps, remainder, None  # at first the compact set is every row
     p_list = []
     s = s_prev
     last = max_steps if unroll is None else min(unroll, max_steps)
@@ -316,7 +319,10 @@ def ponder_token(
         r_n = torch.where(halts, 1.0 - cum_h, 0.0)
         p = torch.where(going_on, h, r_n)
         p_col = p.unsqueeze(-1)
-        c_mean = _map(lambda acc, new, w=p_col: torch.addcmul(acc, w, new), c_mean, s)
+        if c_mean is None:
+            c_mean = _map(lambda new, w=p_col: w * new, s)
+        else:
+            c_mean = _map(lambda acc, new, w=p_col: torch.addcmul(acc, w, new), c_mean, s)
         c_rem = c_rem + r_n
         c_steps = c_steps + running
         if probs:
@@ -354,7 +360,7 @@ def ponder_token(
             s = _map(lambda t, o=order: take_rows(t, o), s)
         if members is not None:
             flat = _flat_index(members, rows, lead[-1])
-        c_mean = _map(torch.zeros_like, s)
+        c_mean = None
         c_rem, c_steps = torch.zeros_like(cum_h), torch.zeros_like(running, dtype=torch.long)
     s_mean, remainder, steps = _add_sums(
         (s_mean, remainder, steps), (c_mean, c_rem, c_steps), rows, flat

@@ -69,6 +69,15 @@ class _Set:
             runs = torch.arange(k, device=(rows if members is None else members).device)
             self.flat = _flat_index(runs if members is None else members, rows, b)
 
+    def positions(self, later: _Set) -> torch.Tensor:
+        """Where each row of ``later``, the set of a later step (a subset of this one, and never
+        every row), sits among this set's rows: ``[K'' * R']`` indices into ``[K' * R]``."""
+        if self.whole:
+            return later.flat
+        pos = torch.full((self.k * self.b,), -1, dtype=torch.long, device=self.flat.device)
+        pos[self.flat] = torch.arange(self.flat.numel(), device=self.flat.device)
+        return pos[later.flat]
+
     def take(self, t: torch.Tensor) -> torch.Tensor:
         if self.whole:
             return t
@@ -96,14 +105,6 @@ class _Set:
     def runs(self, t: torch.Tensor) -> torch.Tensor:
         """A per-run tensor ``[K, ...]`` at the set's runs."""
         return t if self.members is None else t[self.members]
-
-    def put_runs(self, full: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
-        """``full`` (``[K, ...]``; None: zeros) plus ``part`` at the set's runs."""
-        if self.members is None:
-            return part if full is None else full + part
-        if full is None:
-            full = part.new_zeros(self.k, *part.shape[1:])
-        return full.index_add_(0, self.members, part)
 
 
 class _TanhACT(torch.autograd.Function):
@@ -148,22 +149,22 @@ class _TanhACT(torch.autograd.Function):
         k, b, _ = gy.shape
         gy = gy.contiguous()
         g_rem = torch.zeros_like(remainder) if g_rem is None else g_rem
-        grads = {}  # per-run gradients: W_hh, w_halt, b_halt
+        grads: dict[str, list] = {}  # W_hh, w_halt, b_halt: (runs, gradient) per set
         d_g1 = d_g = None
         a_full = None  # A per sample, once its step N is replayed
-        carry_full = None  # dL/dh^{n-1} at a set's first step, in the full layout
+        later, carry = None, None  # the set replayed last, and dL/dh^{n-1} at its first step
         # The steps in runs of one compact set, last run first.
         bounds = [0] + [
             i for i in range(1, len(record))
             if record[i][0] is not record[i - 1][0] or record[i][1] is not record[i - 1][1]
         ] + [len(record)]  # fmt: skip
         for first, end in reversed(list(zip(bounds[:-1], bounds[1:], strict=True))):
-            cs = _Set(record[first][0], record[first][1], k, b)
+            cs, size = _Set(record[first][0], record[first][1], k, b), end - first
             gy_c, n_c, r_c, gr_c = cs.take(gy), cs.take(steps), cs.take(remainder), cs.take(g_rem)
             w_c, wh_c = cs.runs(w_hh), cs.runs(w_halt)
             # Everything but the recurrence at once over the set's S steps: [K', S, R(, H)].
             # h^{n-1} and h^n are views of one stack [h^{first}, h^{first+1}, ...].
-            if end - first == 1:
+            if size == 1:
                 h_in, h_out = record[first][2].unsqueeze(1), record[first][3].unsqueeze(1)
             else:
                 hs = torch.stack([record[first][2]] + [r[3] for r in record[first:end]], 1)
@@ -180,14 +181,20 @@ class _TanhACT(torch.autograd.Function):
             p = torch.where(going, hh, torch.where(halting, r_c.unsqueeze(1), 0.0))
             # The direct part of dL/dh^n, p^n gy + dL/dz_n w (a rank-one update per run).
             da = p.unsqueeze(-1) * gy_c
+            da_rows = da.flatten(0, 2)  # [K' * S * R, H]
             da.flatten(1, 2).baddbmm_(dz.flatten(1).unsqueeze(-1), wh_c)
+            if carry is not None:  # dL/dh of the later set's rows at this set's last step
+                at = cs.positions(later)
+                width = da.shape[2]
+                da_rows.index_add_(0, (at // width * size + size - 1) * width + at % width,
+                                carry.flatten(0, 1))  # fmt: skip
             # The recurrence, last step first: da_n = (direct_n + da_{n+1} W) (1 - (h^n)^2).
-            carry = None if carry_full is None else cs.take(carry_full)
-            for j in range(end - first - 1, -1, -1):
-                dh = da[:, j] if carry is None else da[:, j].add_(carry)
+            for j in range(size - 1, -1, -1):
+                dh = da[:, j] if j == size - 1 else da[:, j].add_(carry)
                 _tanh_backward(dh, h_out[:, j], grad_input=dh)
                 if first + j > 0 or ctx.needs_input_grad[2]:
                     carry = torch.bmm(dh, w_c)  # dL/dh^{n-1}
+            later = cs
             # The weights' gradients as one matmul over the set's steps and rows.
             dz_rows = dz.flatten(1).unsqueeze(1)  # [K', 1, S * R]
             for name, part in (
@@ -195,13 +202,20 @@ class _TanhACT(torch.autograd.Function):
                 ("w_halt", torch.bmm(dz_rows, h_out.flatten(1, 2))),
                 ("b_halt", dz.sum((1, 2)).unsqueeze(-1)),
             ):
-                grads[name] = cs.put_runs(grads.get(name), part)
+                grads.setdefault(name, []).append((cs.members, part))
             if first == 0:  # step 1 is always over every run and sample
                 d_g1, da = da[:, 0], da[:, 1:]
             if da.shape[1]:
                 d_g = cs.put(d_g, da.sum(1), add=True)
             if first > 0:
                 a_full = cs.put(a_full, a_c)
-                carry_full = cs.put(None, carry)
         d_h0 = carry if ctx.needs_input_grad[2] else None
-        return d_g1, d_g, d_h0, grads["w_hh"], grads["w_halt"], grads["b_halt"], None, None
+        # Each weight's gradient: the first set's (every run; replayed last) plus the later
+        # sets' at their runs, added in place.
+        total = {}
+        for name, parts in grads.items():
+            (_, whole), *later_parts = parts[::-1]
+            for members, part in later_parts:
+                whole = whole.add_(part) if members is None else whole.index_add_(0, members, part)
+            total[name] = whole
+        return d_g1, d_g, d_h0, total["w_hh"], total["w_halt"], total["b_halt"], None, None
