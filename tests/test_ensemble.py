@@ -223,3 +223,42 @@ def test_a_ponder_step_computes_only_the_members_still_pondering(monkeypatch, ce
     # (members 1 and 3); steps 3..9 only member 1, the one that ponders 9 steps.
     per_token = [(4, 7), (2, 7)] + [(1, 7)] * 7
     assert computed == per_token * 2
+
+
+def test_an_ensemble_goes_on_with_its_live_members_once_half_have_stopped(
+    tiny, tmp_path, monkeypatch
+):
+    """Members 0 and 1 stop at step 20: the other two go on as an ensemble of their own;
+    member 2 stops at 40 and member 3 goes on alone. Each equals its single run."""
+    configs = [tiny(seed=s, tau=t, steps=60) for s, t in enumerate([0.01, 0.1, 0.001, 0.01])]
+    dirs = [tmp_path / f"m{k}" for k in range(4)]
+    stop_at = {"m0": 20, "m1": 20, "m2": 40}
+    real_add = train.Member.add
+
+    def add(self, row):
+        return real_add(self, row) or row["step"] == stop_at.get(self.dir.name)
+
+    monkeypatch.setattr(train.Member, "add", add)
+    computed = []  # the runs each training step computes
+    real_step = ensemble.Ensemble.forward
+
+    def forward(self, x, *args, **kwargs):
+        if self.training:  # (not the evaluations at log steps)
+            computed.append(self.k)
+        return real_step(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(ensemble.Ensemble, "forward", forward)
+    summaries = train.run_group(configs, dirs)
+    assert [s["step"] for s in summaries] == [20, 20, 40, 60]
+    segments = [
+        (r["from_step"], r["engine"], len(r["members"])) for r in rundir.read_engine(dirs[3])
+    ]
+    assert segments == [(0, "stacked", 4), (20, "stacked", 2), (40, "single", 1)]
+    assert rundir.read_engine(dirs[2])[-1]["members"] == ["m2", "m3"]
+    # training steps: 20 of four runs, 20 of two, then the single-run engine (no Ensemble)
+    assert computed == [4] * 20 + [2] * 20
+    monkeypatch.undo()
+    for k in (2, 3):
+        train.run(configs[k], tmp_path / f"s{k}")
+        got, want = _rows(dirs[k]), _rows(tmp_path / f"s{k}")[: 6 - 2 * (k == 2)]
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-4)

@@ -218,21 +218,41 @@ def _train(
         device = resolve_device(c0.device)
         set_matmul_precision(c0, device)
         eng = _engine([m.config for m in members], ckpts, device, stacked)
-        record = {
-            "from_step": step,
-            "engine": eng.name,
-            "members": [m.dir.name for m in members],
-            "device": str(device),
-            "cuda_graphs": uses_graphs(c0, device),
-            "torch": torch.__version__,
-        }
-        for m, reseeded in zip(members, eng.reseeded, strict=True):
-            rundir.record_engine(m.dir, {**record, "data_reseeded": reseeded})
+        _record(eng, members, step, device)
         _loop(eng, members, step, device)
     finally:
         for m in members:
             m.close()
     return [rundir.read_summary(m.dir) for m in members]
+
+
+def _record(eng: Engine, members: list[Member], step: int, device: torch.device) -> None:
+    """Which engine trains ``members`` from ``step`` on, and beside which companions."""
+    record = {
+        "from_step": step,
+        "engine": eng.name,
+        "members": [m.dir.name for m in members],
+        "device": str(device),
+        "cuda_graphs": uses_graphs(members[0].config, device),
+        "torch": torch.__version__,
+    }
+    for m, reseeded in zip(members, eng.reseeded, strict=True):
+        rundir.record_engine(m.dir, {**record, "data_reseeded": reseeded})
+
+
+def _repack(
+    eng: Engine, members: list[Member], live: list[int], step: int, device: torch.device
+) -> tuple[Engine, list[Member]]:
+    """The live members of an ensemble, half of whose members have stopped, as an engine of
+    their own. A stopped member's weights are frozen but it is still computed; an ACT member
+    even ponders on. Repacking once at least half have stopped keeps a group's cost near what
+    its live members need, at the price of a rebuild (and on a GPU, new CUDA graphs) each time
+    the ensemble halves. It goes on exactly as a resume from a checkpoint at ``step`` would."""
+    kept = [members[i] for i in live]
+    states = [{**eng.member_state(i), "step": step} for i in live]
+    new = _engine([m.config for m in kept], states, device, stacked=len(kept) > 1)
+    _record(new, kept, step, device)
+    return new, kept
 
 
 def _engine(
@@ -296,6 +316,9 @@ def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -
                     m.finish()
                     live.remove(i)
                     eng.stop(i)
+            if live and 2 * len(live) <= eng.k:
+                eng, members = _repack(eng, members, live, step, device)
+                live = list(range(len(members)))
             _show(bar, members, live)
     finally:
         bar.close()
