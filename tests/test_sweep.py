@@ -165,7 +165,12 @@ def test_plan_batches_runs_of_one_shape(grid_file, tmp_path):
     four = sweep.plan_jobs(grid.runs, tmp_path, batch=4)
     assert sorted(len(j) for j in four) == [3, 3, 3, 3, 3]
     act = [[(c.tau, c.seed) for c, _ in j] for j in four if j[0][0].model == "act"]
-    assert act == [[(0.1, 0), (0.1, 1), (0.1, 2)], [(0.01, 0), (0.01, 1), (0.01, 2)]]
+    assert act == [[(0.01, 0), (0.01, 1), (0.01, 2)], [(0.1, 0), (0.1, 1), (0.1, 2)]]
+    # the costliest jobs start first: ACT (bounded by M, the smallest tau first), then Repeat by
+    # rho, then the plain RNN
+    knob = {"act": "tau", "repeat": "rho"}
+    order = [(c.model, getattr(c, knob.get(c.model, "seed"))) for c, _ in (j[0] for j in four)]
+    assert order == [("act", 0.01), ("act", 0.1), ("repeat", 3), ("repeat", 2), ("rnn", 0)]
     five = [len(j) for j in sweep.plan_jobs(grid.runs, tmp_path, batch=5) if j[0][0].model == "act"]
     assert five == [3, 3]  # near-equal sizes, not 5 and 1
     # an LSTM of 512 cells trains alone on a CPU, where batching it is slower

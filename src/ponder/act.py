@@ -27,6 +27,9 @@ the compact set is also over runs: a run none of whose samples still ponders dro
 step (its weights are no longer gathered), so a step costs about what its members ponder, not
 K times its slowest member (runs drop out once at least half of those computed are done).
 
+For an ``nn.RNNCell`` with tanh, the loop runs without autograd and its backward is written out
+(``fused.py``): a ponder step of a few rows then costs a few operations, not autograd's seventy.
+
 Deciding that the loop has ended reads one number per ponder step on the host. A CUDA graph
 cannot, so ``unroll=U`` runs exactly U ponder steps over every sample instead (halted ones masked,
 p = 0) and reports ``overflow``, a device flag that is True when some sample had not halted after

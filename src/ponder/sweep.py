@@ -436,7 +436,26 @@ def plan_jobs(
         resume = _resume_step(run_dir) if batched else None
         key = (r.config.ensemble_key(), resume) if resume is not None else (r.name,)
         groups.setdefault(key, []).append((r.config, run_dir))
-    return [chunk for g in groups.values() for chunk in _ensembles(g, batch)]
+    jobs = [chunk for g in groups.values() for chunk in _ensembles(g, batch)]
+    return sorted(jobs, key=_longest_first)
+
+
+def _longest_first(job: list[tuple[RunConfig, Path]]) -> tuple[float, float]:
+    """Jobs start in this order, the costliest first: with fewer workers than jobs, the sweep
+    then ends on short jobs instead of waiting on one long job started last (longest
+    processing time first). A job's cost is bounded by its runs' steps x the recurrent steps a
+    training step can take (Repeat's rho, ACT's cap M, PonderNet's N) x a recurrent step's
+    multiply-adds; ACT's real ponder is unknown before it trains, so its bound ranks it first,
+    the smallest tau (which ponders most) ahead."""
+    from .engine import effective_tau
+    from .models import GATES
+
+    def cost(c: RunConfig) -> float:
+        per_step = {"repeat": c.rho, "act": c.max_ponder, "pondernet": c.max_ponder}
+        return c.steps * per_step.get(c.model, 1) * c.hidden * c.hidden * GATES[c.cell]
+
+    taus = [effective_tau(c) for c, _ in job if c.model == "act"]
+    return -sum(cost(c) for c, _ in job), min(taus, default=0.0)
 
 
 def _ensembles(
