@@ -225,14 +225,14 @@ def test_a_ponder_step_computes_only_the_members_still_pondering(monkeypatch, ce
     assert computed == per_token * 2
 
 
-def test_an_ensemble_goes_on_with_its_live_members_once_half_have_stopped(
+def test_an_ensemble_goes_on_with_its_live_members_once_one_has_stopped(
     tiny, tmp_path, monkeypatch
 ):
-    """Members 0 and 1 stop at step 20: the other two go on as an ensemble of their own;
-    member 2 stops at 40 and member 3 goes on alone. Each equals its single run."""
+    """Members 0, 1 and 2 stop at steps 20, 30 and 40: each time the others go on as an
+    ensemble of their own, and member 3 ends alone. Each equals its single run."""
     configs = [tiny(seed=s, tau=t, steps=60) for s, t in enumerate([0.01, 0.1, 0.001, 0.01])]
     dirs = [tmp_path / f"m{k}" for k in range(4)]
-    stop_at = {"m0": 20, "m1": 20, "m2": 40}
+    stop_at = {"m0": 20, "m1": 30, "m2": 40}
     real_add = train.Member.add
 
     def add(self, row):
@@ -249,14 +249,19 @@ def test_an_ensemble_goes_on_with_its_live_members_once_half_have_stopped(
 
     monkeypatch.setattr(ensemble.Ensemble, "forward", forward)
     summaries = train.run_group(configs, dirs)
-    assert [s["step"] for s in summaries] == [20, 20, 40, 60]
+    assert [s["step"] for s in summaries] == [20, 30, 40, 60]
     segments = [
         (r["from_step"], r["engine"], len(r["members"])) for r in rundir.read_engine(dirs[3])
     ]
-    assert segments == [(0, "stacked", 4), (20, "stacked", 2), (40, "single", 1)]
+    assert segments == [
+        (0, "stacked", 4),
+        (20, "stacked", 3),
+        (30, "stacked", 2),
+        (40, "single", 1),
+    ]
     assert rundir.read_engine(dirs[2])[-1]["members"] == ["m2", "m3"]
-    # training steps: 20 of four runs, 20 of two, then the single-run engine (no Ensemble)
-    assert computed == [4] * 20 + [2] * 20
+    # training steps: 20 of four runs, 10 of three, 10 of two, then the single-run engine
+    assert computed == [4] * 20 + [3] * 10 + [2] * 10
     monkeypatch.undo()
     for k in (2, 3):
         train.run(configs[k], tmp_path / f"s{k}")

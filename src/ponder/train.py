@@ -243,11 +243,11 @@ def _record(eng: Engine, members: list[Member], step: int, device: torch.device)
 def _repack(
     eng: Engine, members: list[Member], live: list[int], step: int, device: torch.device
 ) -> tuple[Engine, list[Member]]:
-    """The live members of an ensemble, half of whose members have stopped, as an engine of
-    their own. A stopped member's weights are frozen but it is still computed; an ACT member
-    even ponders on. Repacking once at least half have stopped keeps a group's cost near what
-    its live members need, at the price of a rebuild (and on a GPU, new CUDA graphs) each time
-    the ensemble halves. It goes on exactly as a resume from a checkpoint at ``step`` would."""
+    """The live members of an ensemble some of whose members have stopped, as an engine of
+    their own: a stopped member's weights are frozen but it would still be computed, and an
+    ACT member would ponder on. A rebuild costs milliseconds on a CPU and a few eager steps
+    and new CUDA graphs on a GPU, far less than carrying a stopped member through the steps
+    that are left. It goes on exactly as a resume from a checkpoint at ``step`` would."""
     kept = [members[i] for i in live]
     states = [{**eng.member_state(i), "step": step} for i in live]
     new = _engine([m.config for m in kept], states, device, stacked=len(kept) > 1)
@@ -316,7 +316,7 @@ def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -
                     m.finish()
                     live.remove(i)
                     eng.stop(i)
-            if live and 2 * len(live) <= eng.k:
+            if live and len(live) < eng.k:
                 eng, members = _repack(eng, members, live, step, device)
                 live = list(range(len(members)))
             _show(bar, members, live)
