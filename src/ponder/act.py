@@ -227,6 +227,32 @@ def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
     return t.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, t.shape[-1]))
 
 
+class Gathered:
+    """Tensors at a compact set of ``ponder_token`` (runs ``members``, sample ``rows``; None for
+    all), each gathered once: the set changes only a few times per token, so what was gathered
+    for it is kept until it changes. ``gathered(name, t, members, rows)`` is ``t`` there. The
+    cache holds the tensors it compared, so an ``is`` test cannot be fooled by a new tensor at
+    an old address."""
+
+    def __init__(self) -> None:
+        self._hits: dict[str, tuple] = {}
+
+    def __call__(
+        self,
+        name: str,
+        t: torch.Tensor,
+        members: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if members is None and rows is None:
+            return t
+        hit = self._hits.get(name)
+        if hit is None or hit[0] is not t or hit[1] is not members or hit[2] is not rows:
+            part = t if members is None else t[members]
+            hit = self._hits[name] = (t, members, rows, take_rows(part, rows))
+        return hit[3]
+
+
 def _flat_index(members: torch.Tensor, rows: torch.Tensor | None, batch: int) -> torch.Tensor:
     """The (run, sample) pairs of the compact set as indices into a flattened ``[K * B]``."""
     cols = torch.arange(batch, device=members.device) if rows is None else rows

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import engine
-from .act import ponder_token, take_rows
+from .act import Gathered, ponder_token
 from .config import RunConfig
 from .fused import tanh_act
 from .models import ModelSpec, TaskNet, pondernet_head
@@ -166,20 +166,7 @@ class Ensemble(nn.Module):
         # x_t's projection is the same on every ponder step: compute it once per token.
         g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
 
-        # The compact set (``members``, ``rows``) changes only a few times per token: what is
-        # gathered for it is kept until it changes (the cache holds the index tensors, so an
-        # ``is`` test cannot be fooled by a new tensor at an old address).
-        gathered: dict[str, tuple] = {}
-
-        def of(name: str, t: torch.Tensor, members, rows=None) -> torch.Tensor:
-            """``t`` at the runs ``members`` (and sample ``rows``) still pondering."""
-            if members is None and rows is None:
-                return t
-            hit = gathered.get(name)
-            if hit is None or hit[0] is not t or hit[1] is not members or hit[2] is not rows:
-                part = t if members is None else t[members]
-                hit = gathered[name] = (t, members, rows, take_rows(part, rows))
-            return hit[3]
+        of = Gathered()  # weights and inputs at the compact set of runs and samples
 
         def halt(y, members):
             w, b = of("w_halt", w_halt, members), of("b_halt", b_halt, members)

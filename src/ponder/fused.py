@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 
-from .act import _flat_index, ponder_token, take_rows
+from .act import Gathered, _flat_index, ponder_token
 
 # dL/da = dL/dh (1 - h^2) in one pass, h = tanh(a): the kernel autograd uses for tanh.
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
@@ -119,17 +119,7 @@ class _Set:
 class _TanhACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g1, g, h0, w_hh, w_halt, b_halt, epsilon, max_steps):
-        gathered: dict[str, tuple] = {}
-
-        def of(name, t, members, rows=None):
-            if members is None and rows is None:
-                return t
-            hit = gathered.get(name)
-            if hit is None or hit[0] is not members or hit[1] is not rows:
-                part = t if members is None else t[members]
-                hit = gathered[name] = (members, rows, take_rows(part, rows))
-            return hit[2]
-
+        of = Gathered()  # inputs and weights at the compact set of runs and samples
         record: list[list] = []  # per ponder step: members, rows, h^{n-1}, h^n, h_n
 
         def step(n, s, rows, members):
