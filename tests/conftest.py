@@ -53,3 +53,16 @@ axes:
 def tiny_grid():
     """A grid of five tiny configurations (rnn, act x2 taus, repeat x2 rhos), 2 seeds, 40 steps."""
     return TINY_GRID
+
+
+@pytest.fixture(params=["torch", "sigmoid"])
+def tanh_form(request, monkeypatch):
+    """Run a test with each form of tanh (``ponder.tanh``): torch's kernel everywhere, or the
+    sigmoid form at every size (its threshold is 0), so small test networks cover both."""
+    from ponder import fused
+    from ponder import tanh as tanh_mod
+
+    small = 0 if request.param == "sigmoid" else 1 << 60
+    monkeypatch.setattr(tanh_mod, "_SMALL", small)
+    monkeypatch.setattr(fused, "_SMALL_NO_GRAD", small)
+    return request.param

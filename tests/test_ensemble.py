@@ -28,7 +28,7 @@ def _rows(d, keys=("loss", "task_loss", "train_accuracy", "ponder_cost", "eval_a
         ("pondernet", "gru", "parity", {"bits": 6}),
     ],
 )
-def test_forward_equals_member_networks(model, cell, task, options):
+def test_forward_equals_member_networks(model, cell, task, options, tanh_form):
     sizes = (20, 33) if task == "addition" else (6, 1)
     spec = ModelSpec(*sizes, model=model, cell=cell, hidden=12, rho=3, max_ponder=8)
     nets = [build_model(spec, "tf", torch.Generator().manual_seed(s)) for s in range(3)]
@@ -184,7 +184,9 @@ def _mixed_ponder_nets(cell: str, biases=(5.0, -2.0, 5.0, 0.5)):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-def test_members_that_ponder_differently_equal_their_networks_in_value_and_gradient(cell):
+def test_members_that_ponder_differently_equal_their_networks_in_value_and_gradient(
+    cell, tanh_form
+):
     nets = _mixed_ponder_nets(cell)
     ens = ensemble.Ensemble(nets)
     x = torch.randn(4, 7, 3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -205,23 +207,29 @@ def test_members_that_ponder_differently_equal_their_networks_in_value_and_gradi
 def test_a_ponder_step_computes_only_the_members_still_pondering(monkeypatch, cell):
     nets = _mixed_ponder_nets(cell)
     ens = ensemble.Ensemble(nets)
-    computed = []  # (members, rows) of every ponder step's recurrence
+    computed = []  # per ponder step: each member computed, with its rows
 
-    def counting(step, *args, **kwargs):
+    def counting(step, *args, **kwargs):  # autograd's loop: members x rows, padded
         def counted(n, s, rows, members):
             h = s[0] if isinstance(s, tuple) else s
-            computed.append(tuple(h.shape[:2]))
+            ids = range(h.shape[0]) if members is None else members.tolist()
+            computed.append([(int(m), h.shape[1]) for m in ids])
             return step(n, s, rows, members)
 
         return act.ponder_token(counted, *args, **kwargs)
 
+    def cell_counted(rows, *args):  # the tanh RNN's ragged rows (fused.py)
+        computed.append([(r, end - start) for r, start, end in rows.blocks])
+        return real_cell(rows, *args)
+
+    real_cell = fused._cell
     monkeypatch.setattr(ensemble, "ponder_token", counting)
-    monkeypatch.setattr(fused, "ponder_token", counting)
+    monkeypatch.setattr(fused, "_cell", cell_counted)
     x = torch.randn(4, 7, 2, 6, dtype=torch.float64)
     ens(x)
     # Per token: step 1 computes all 4 members x 7 samples; step 2 the two that ponder on
     # (members 1 and 3); steps 3..9 only member 1, the one that ponders 9 steps.
-    per_token = [(4, 7), (2, 7)] + [(1, 7)] * 7
+    per_token = [[(m, 7) for m in range(4)], [(1, 7), (3, 7)]] + [[(1, 7)]] * 7
     assert computed == per_token * 2
 
 

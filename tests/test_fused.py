@@ -4,7 +4,7 @@ loop, and against finite differences."""
 import pytest
 import torch
 
-from ponder import act
+from ponder import act, fused
 from ponder.fused import tanh_act
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons (conftest.py)
@@ -64,7 +64,7 @@ def _run(fn, inputs, max_steps, tokens=1, seed=1):
 
 @pytest.mark.parametrize("tokens", [1, 3])
 @pytest.mark.parametrize("max_steps", [12, 4])  # 4: the pondering run hits the cap
-def test_values_and_gradients_equal_autograd_through_the_same_loop(tokens, max_steps):
+def test_values_and_gradients_equal_autograd_through_the_same_loop(tokens, max_steps, tanh_form):
     inputs = _inputs()
     got, got_grads = _run(tanh_act, inputs, max_steps, tokens)
     want, want_grads = _run(autograd_act, inputs, max_steps, tokens)
@@ -77,7 +77,7 @@ def test_values_and_gradients_equal_autograd_through_the_same_loop(tokens, max_s
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_gradients_equal_finite_differences():
+def test_gradients_equal_finite_differences(tanh_form):
     inputs = _inputs(k=3, b=4, h=3, biases=(5.0, -1.0, 0.3), seed=3)
 
     def f(*args):
@@ -109,3 +109,42 @@ def test_the_loop_ends_when_every_sample_has_halted():
     s = torch.sigmoid(torch.tensor(-2.0))
     torch.testing.assert_close(rem[2], (1 - 8 * s).expand(9))
     torch.testing.assert_close(rem[[0, 1, 3]], torch.ones(3, 9))
+
+
+def test_a_ponder_step_computes_the_rows_still_running_not_each_run_padded(monkeypatch):
+    """Run 0's 7 samples ponder 9 steps; runs 1 and 2 each have one sample that ponders to the
+    cap M = 12 while their 6 others halt at once, as do all of run 3's. Padding each run's rows
+    to the longest run's would compute 4 x 7 rows on every step; the ragged set computes the
+    rows still running, within a factor of two."""
+    k, b, h = 4, 7, 5
+    gen = torch.Generator().manual_seed(0)
+    g = torch.zeros(k, b, h)
+    g[:, :, 0] = 5.0  # h^n_0 near 1: a halting unit that reads it, w = (10, 0, ...), halts
+    g[1:3, 0, 0] = -5.0  # and near -1 it ponders: one such sample in runs 1 and 2
+    w_halt = torch.zeros(k, 1, h)
+    w_halt[1:, 0, 0] = 10.0
+    b_halt = torch.tensor([-2.0, 0.0, 0.0, 0.0]).view(k, 1)  # run 0: sigmoid(-2) per step
+    w_hh = torch.randn(k, h, h, generator=gen) * 0.05
+    computed = []
+
+    def cell_counted(rows, *args):
+        computed.append([(r, end - start) for r, start, end in rows.blocks])
+        return real_cell(rows, *args)
+
+    real_cell = fused._cell
+    monkeypatch.setattr(fused, "_cell", cell_counted)
+    inputs = [g.clone(), g.clone(), torch.zeros(k, b, h), w_hh, w_halt, b_halt]
+    for t in inputs:
+        t.requires_grad_()
+    y, steps, rem = tanh_act(*inputs, EPS, 12)
+    assert steps[0].eq(9).all() and steps[3].eq(1).all()
+    assert steps[1].tolist() == steps[2].tolist() == [12] + [1] * 6
+    everything = [(r, 7) for r in range(4)]
+    assert computed == [everything] + [[(0, 7), (1, 1), (2, 1)]] * 8 + [[(1, 1), (2, 1)]] * 3
+    # and the values and gradients are autograd's through act.ponder_token
+    monkeypatch.undo()
+    loss = lambda out: out[0].square().sum() + out[2].sum()  # noqa: E731
+    got = torch.autograd.grad(loss((y, steps, rem)), inputs)
+    want = torch.autograd.grad(loss(autograd_act(*inputs, EPS, 12)), inputs)
+    for a, b_ in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)

@@ -36,6 +36,7 @@ from .config import RunConfig
 from .fused import tanh_act
 from .models import ModelSpec, TaskNet, pondernet_head
 from .pondernet import expected_steps, log_halting, sample_halting
+from .tanh import tanh
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -62,16 +63,16 @@ def _cell_update(kind: str, gi: torch.Tensor, gh: torch.Tensor | None, state):
     """PyTorch's RNN/GRU/LSTM cell equations from the input part gi and hidden part gh (for
     an RNN or LSTM, gh None means gi already is their sum)."""
     if kind == "rnn":
-        return torch.tanh(gi if gh is None else gi + gh)
+        return tanh(gi if gh is None else gi + gh)
     if kind == "lstm":
         _, c = state
         i, f, g, o = (gi if gh is None else gi + gh).chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * tanh(g)
+        return torch.sigmoid(o) * tanh(c), c
     r_i, z_i, n_i = gi.chunk(3, -1)  # gru
     r_h, z_h, n_h = gh.chunk(3, -1)
     r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
-    n = torch.tanh(n_i + r * n_h)
+    n = tanh(n_i + r * n_h)
     return (1 - z) * n + z * state
 
 

@@ -1,21 +1,27 @@
 """ACT's token loop for a tanh RNN cell as one autograd function, its backward written out.
 
-Why: in ACT's tail a ponder step computes one or a few rows, so it costs its operations, not its
-arithmetic. Through autograd a ponder step of ``act.ponder_token`` is about 70 operations, forward
-and backward (the cell, the halting unit, the halting bookkeeping and each one's backward node),
-and a training step waits for its longest-pondering sample. Here the forward is
-``act.ponder_token`` itself, unchanged, with its compaction over runs and samples, but run
-without autograd. The backward replays the recorded steps in reverse on the same compact sets,
-with the gradients below. Within a set everything but the recurrence is computed for all of its
-steps at once, and the weights' gradients are one matmul over the set's steps and rows: the
-recurrence leaves three operations per ponder step. Nothing is approximated. Values are
-ponder_token's, and gradients equal autograd's up to float rounding; ``tests/test_fused.py``
-checks both against autograd, and against finite differences.
+Why: a training step waits for the longest-pondering sample, and in ACT's tail a ponder step
+computes one or a few rows, so it costs its operations, not its arithmetic. Through autograd a
+ponder step of ``act.ponder_token`` is about 70 operations, forward and backward (the cell, the
+halting unit, the halting bookkeeping and each one's backward node). And an ensemble's members
+ponder very differently: padding every run's rows to the longest one's, as ``ponder_token``
+does, computed 2.6 times the rows that ran in the parity-table sweep's last ACT ensemble.
 
-Measured on 2 cores (BENCHMARKS.md, and the parity ACT runs of tau = 1e-3 late in training, whose
-longest ponderers reach the cap M = 100): an ensemble of 16 in which one member ponders to M
-trains about 1.9x faster than through autograd, and those three runs about 2.9x. Where every
-sample ponders a few steps, the step costs what autograd's does. ``Ensemble`` uses this for
+So here the (run, sample) pairs still running are one flat, ragged set of rows, grouped by run:
+each run's rows meet its weights in their own matmul, and everything else is one operation over
+all rows. The set shrinks to the rows still running once at most half of it runs (a change costs
+operations of its own), so a ponder step computes at most twice the rows that run and about
+one and a half on average. The halting rule, p and the sums are ``act.ponder_token``'s. The
+backward replays the steps in reverse on the same sets, with the gradients below. Within a set
+everything but the recurrence is computed for all of its steps at once, and the weights'
+gradients are one matmul per run over the set's steps and rows: the recurrence leaves three
+operations per ponder step (and one matmul per run). Nothing is approximated: values equal
+ponder_token's and gradients autograd's up to float rounding; ``tests/test_fused.py`` checks
+both against autograd through ponder_token, and against finite differences.
+
+Measured on 2 cores (BENCHMARKS.md): with its backward written out, an ensemble of 16 in which
+one member ponders to the cap M trained about 1.9x faster than through autograd, and the
+parity ACT runs of tau = 1e-3 late in training about 2.9x. ``Ensemble`` uses this for
 ``cell="rnn"`` and ``ACT`` for an ``nn.RNNCell`` with tanh, except with a fixed unroll (CUDA
 graphs, ``graphs.py``), which keeps autograd's path.
 
@@ -40,10 +46,13 @@ from __future__ import annotations
 
 import torch
 
-from .act import Gathered, _flat_index, ponder_token
+from .tanh import faster, from_doubled_
 
 # dL/da = dL/dh (1 - h^2) in one pass, h = tanh(a): the kernel autograd uses for tanh.
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
+
+# The sigmoid form of tanh wins from about this many elements when no backward is recorded.
+_SMALL_NO_GRAD = 2048
 
 
 def tanh_act(
@@ -66,76 +75,145 @@ def tanh_act(
     return _TanhACT.apply(g1, g, h0, w_hh, w_halt, b_halt, epsilon, max_steps)
 
 
-class _Set:
-    """One compact set of ``ponder_token`` (runs ``members``, sample ``rows``; None for all):
-    gathers ``[K, B, ...]`` tensors to it and puts its values back."""
+class Rows:
+    """A set of (run, sample) pairs, as rows grouped by run: ``pairs [R]`` (ascending indices
+    into the flattened ``K * B``; None: every pair, in order), ``keep`` (their indices in the
+    set they came from) and ``blocks``, each run's (run, first row, end row)."""
 
-    def __init__(self, members: torch.Tensor | None, rows: torch.Tensor | None, k: int, b: int):
-        self.members, self.rows, self.k, self.b = members, rows, k, b
-        self.whole = members is None and rows is None
-        self.flat = None
-        if not self.whole:
-            runs = torch.arange(k, device=(rows if members is None else members).device)
-            self.flat = _flat_index(runs if members is None else members, rows, b)
+    def __init__(self, k: int, b: int, pairs: torch.Tensor | None, keep: torch.Tensor | None):
+        self.k, self.b, self.pairs, self.keep = k, b, pairs, keep
+        if pairs is None:
+            self.size, self.uniform = k * b, True
+            self.blocks = [(r, r * b, (r + 1) * b) for r in range(k)]
+            self.run = None
+        else:
+            self.size, self.uniform = pairs.numel(), False
+            self.run = pairs // b  # the run of each row
+            counts = torch.bincount(self.run, minlength=k).tolist()  # one host sync per set
+            ends = torch.tensor(counts).cumsum(0).tolist()
+            spans = zip(counts, ends, strict=True)
+            self.blocks = [(r, e - c, e) for r, (c, e) in enumerate(spans) if c]
 
-    def positions(self, later: _Set) -> torch.Tensor:
-        """Where each row of ``later``, the set of a later step (a subset of this one, and never
-        every row), sits among this set's rows: ``[K'' * R']`` indices into ``[K' * R]``."""
-        if self.whole:
-            return later.flat
-        pos = torch.full((self.k * self.b,), -1, dtype=torch.long, device=self.flat.device)
-        pos[self.flat] = torch.arange(self.flat.numel(), device=self.flat.device)
-        return pos[later.flat]
+    def subset(self, keep: torch.Tensor) -> Rows:
+        """The rows ``keep`` (indices into this set's rows) as a set of their own."""
+        return Rows(self.k, self.b, keep if self.pairs is None else self.pairs[keep], keep)
 
     def take(self, t: torch.Tensor) -> torch.Tensor:
-        if self.whole:
-            return t
-        return t.flatten(0, 1)[self.flat].view(-1, self.width, *t.shape[2:])
+        """``t`` over the flattened pairs (``[K * B, ...]``) at this set's rows."""
+        return t if self.pairs is None else t[self.pairs]
 
-    @property
-    def width(self) -> int:
-        return self.b if self.rows is None else self.rows.shape[-1]
+    def per_run(self, t: torch.Tensor) -> torch.Tensor:
+        """A per-run ``t [K, ...]`` at each row's run."""
+        return t.repeat_interleave(self.b, 0) if self.run is None else t[self.run]
 
-    def put(self, full: torch.Tensor | None, part: torch.Tensor, add: bool = False) -> torch.Tensor:
-        """``full`` (``[K, B, ...]``; None: zeros) with ``part`` written (or added) at the set's
-        positions."""
-        if self.whole:
-            return part if full is None or not add else full + part
+    def put(self, full: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+        """``full [K * B, ...]`` (None: zeros) plus ``part`` added at this set's rows."""
+        if self.pairs is None:
+            return part if full is None else full + part
         if full is None:
-            full = part.new_zeros(self.k, self.b, *part.shape[2:])
-        flat_full = full.flatten(0, 1)
-        part = part.flatten(0, 1)
-        if add:
-            flat_full.index_add_(0, self.flat, part)
-        else:
-            flat_full[self.flat] = part
-        return full
+            full = part.new_zeros(self.k * self.b, *part.shape[1:])
+        return full.index_add_(0, self.pairs, part)
 
-    def runs(self, t: torch.Tensor) -> torch.Tensor:
-        """A per-run tensor ``[K, ...]`` at the set's runs."""
-        return t if self.members is None else t[self.members]
+    def matmul(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, **scale) -> None:
+        """``out`` = each run's rows of ``x [R, I]`` times its ``w [K, I, O]``, in place
+        (``addmm``'s ``beta`` and ``alpha`` with ``out`` as its input, given ``scale``)."""
+        if self.uniform:  # every run has B rows: one batched matmul
+            x3, o3 = x.view(self.k, self.b, -1), out.view(self.k, self.b, -1)
+            if scale:
+                o3.baddbmm_(x3, w, **scale)
+            else:
+                torch.bmm(x3, w, out=o3)
+            return
+        for r, start, end in self.blocks:
+            if scale:
+                out[start:end].addmm_(x[start:end], w[r], **scale)
+            else:
+                torch.mm(x[start:end], w[r], out=out[start:end])
+
+    def outer(self, a: torch.Tensor, x: torch.Tensor, total: torch.Tensor) -> None:
+        """``total[r] += a_r^T x_r`` for each run r over its rows of ``a [R, S, O]`` and
+        ``x [R, S, I]`` (all of the set's steps)."""
+        if self.uniform:
+            total.baddbmm_(
+                a.view(self.k, -1, a.shape[-1]).transpose(1, 2), x.view(self.k, -1, x.shape[-1])
+            )
+            return
+        for r, start, end in self.blocks:
+            total[r].addmm_(a[start:end].flatten(0, 1).t(), x[start:end].flatten(0, 1))
+
+
+def _add_sums(rows: Rows, totals: tuple, sums: tuple) -> tuple:
+    """The per-pair totals (s_t, R(t), N(t); None before the first set) plus a set's sums."""
+    return tuple(rows.put(total, part) for total, part in zip(totals, sums, strict=True))
+
+
+def _halted(fs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A set's R(t) (0 for pairs still running at its end) and the steps each pair ran in it,
+    from f at its start and after each step (every pair runs at a set's start)."""
+    f = torch.stack(fs, 1)  # [R, S + 1]
+    ran = (f[:, :-1] != 1.0).sum(1)
+    f_before = f.gather(1, (ran - 1).unsqueeze(1)).squeeze(1)  # f before the last step run
+    return torch.where(f[:, -1] == 1.0, 1.0 - f_before, 0.0), ran
+
+
+def _cell(rows: Rows, gi: torch.Tensor, h: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """h^n = tanh(g + h^{n-1} W^T) over the set's rows (``w_t [K, H, H]``: W^T per run)."""
+    out = gi.clone()
+    if faster(out, _SMALL_NO_GRAD):  # tanh(a) as 2 sigmoid(2a) - 1 (tanh.py)
+        rows.matmul(h, w_t, out, beta=2.0, alpha=2.0)
+        return from_doubled_(out)
+    rows.matmul(h, w_t, out, beta=1.0, alpha=1.0)
+    return out.tanh_()
 
 
 class _TanhACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g1, g, h0, w_hh, w_halt, b_halt, epsilon, max_steps):
-        of = Gathered()  # inputs and weights at the compact set of runs and samples
-        record: list[list] = []  # per ponder step: members, rows, h^{n-1}, h^n, h_n
-
-        def step(n, s, rows, members):
-            gi = of("g1", g1, members, rows) if n == 1 else of("g", g, members, rows)
-            h = torch.baddbmm(gi, s, of("w_hh", w_hh, members).transpose(1, 2)).tanh_()
-            record.append([members, rows, s, h, None])
-            return h
-
-        def halt(y, members):
-            b = of("b_halt", b_halt, members).unsqueeze(1)
-            z = torch.baddbmm(b, y, of("w_halt", w_halt, members).transpose(1, 2))
-            record[-1][4] = z.squeeze(-1).sigmoid_()
-            return record[-1][4]
-
-        y, _, steps, remainder, _, _ = ponder_token(step, halt, h0, epsilon, max_steps, probs=False)
-        ctx.record = record
+        k, b, hidden = g1.shape
+        kb = k * b
+        g1_f, g_f = g1.reshape(kb, hidden), g.reshape(kb, hidden)
+        w_t, w_z, b_z = w_hh.transpose(1, 2), w_halt.squeeze(1), b_halt.squeeze(1)
+        rows = Rows(k, b, None, None)
+        sets, record = [rows], []  # record, per ponder step: its set, h^{n-1}, h^n, h_n
+        h = h0.reshape(kb, hidden)
+        # f per row: sum_{n'<n} h_t^n' while the pair runs, exactly 1 once it has halted. Then
+        # p^n = f^n - f^{n-1} is h_n going on, R = 1 - sum_{n'<n} h_n on halting and 0 after,
+        # and a halted pair meets the halting rule again on every later step.
+        f = h.new_zeros(kb)
+        fs = [f]  # f at the start of the set and after each of its steps
+        # Per pair: s_t = sum_n p_t^n s_t^n, R(t), N(t); the sums run over a set's rows and are
+        # added into these when the set changes.
+        y = remainder = steps = c_y = None
+        g_rows, w_rows, b_rows = g_f, rows.per_run(w_z), rows.per_run(b_z)
+        threshold = 1.0 - epsilon
+        for n in range(1, max_steps + 1):
+            h_new = _cell(rows, g1_f if n == 1 else g_rows, h, w_t)  # h^n
+            hh = torch.linalg.vecdot(h_new, w_rows).add_(b_rows).sigmoid_()  # h_n
+            record.append((len(sets) - 1, h, h_new, hh))
+            # A pair halts at the first n with sum_{n'<=n} h >= 1 - eps, or at the cap M.
+            f_next = f + hh
+            done = f_next >= threshold if n < max_steps else torch.ones_like(f, dtype=torch.bool)
+            f_next.masked_fill_(done, 1.0)
+            p = (f_next - f).unsqueeze(-1)
+            c_y = p * h_new if c_y is None else c_y.addcmul_(p, h_new)
+            h, f = h_new, f_next
+            fs.append(f)
+            left = rows.size - int(done.sum())  # the one host sync per ponder step
+            if left == 0:
+                break
+            if 2 * left > rows.size:
+                continue
+            # At most half of the set runs: its sums go into the totals, and it shrinks.
+            y, remainder, steps = _add_sums(rows, (y, remainder, steps), (c_y, *_halted(fs)))
+            keep = (~done).nonzero().squeeze(1)
+            rows = rows.subset(keep)
+            sets.append(rows)
+            h, f, c_y = h[keep], f[keep], None
+            fs = [f]
+            g_rows, w_rows, b_rows = rows.take(g_f), rows.per_run(w_z), rows.per_run(b_z)
+        y, remainder, steps = _add_sums(rows, (y, remainder, steps), (c_y, *_halted(fs)))
+        y, steps, remainder = y.view(k, b, hidden), steps.view(k, b), remainder.view(k, b)
+        ctx.sets, ctx.record = sets, record
         ctx.save_for_backward(w_hh, w_halt, steps, remainder)
         ctx.mark_non_differentiable(steps)
         return y, steps, remainder
@@ -144,77 +222,64 @@ class _TanhACT(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy, _g_steps, g_rem):
         w_hh, w_halt, steps, remainder = ctx.saved_tensors
-        record = ctx.record
-        k, b, _ = gy.shape
-        gy = gy.contiguous()
-        g_rem = torch.zeros_like(remainder) if g_rem is None else g_rem
-        grads: dict[str, list] = {}  # W_hh, w_halt, b_halt: (runs, gradient) per set
+        sets, record = ctx.sets, ctx.record
+        k, b, hidden = gy.shape
+        gy, steps, remainder = gy.reshape(k * b, hidden), steps.view(-1), remainder.view(-1)
+        g_rem = torch.zeros_like(remainder) if g_rem is None else g_rem.reshape(-1)
+        w_z = w_halt.squeeze(1)
+        d_w, d_wz, d_bz = torch.zeros_like(w_hh), torch.zeros_like(w_halt), w_z.new_zeros(k)
         d_g1 = d_g = None
-        a_full = None  # A per sample, once its step N is replayed
-        later, carry = None, None  # the set replayed last, and dL/dh^{n-1} at its first step
-        # The steps in runs of one compact set, last run first.
-        bounds = [0] + [
-            i for i in range(1, len(record))
-            if record[i][0] is not record[i - 1][0] or record[i][1] is not record[i - 1][1]
-        ] + [len(record)]  # fmt: skip
+        a_full = None  # A per pair, once its step N is replayed
+        carry = None  # dL/dh^{n-1} at the first step of the set replayed last, over its rows
+        # The steps in runs of one set, last run first.
+        bounds = [0] + [i for i in range(1, len(record)) if record[i][0] != record[i - 1][0]]
+        bounds.append(len(record))
         for first, end in reversed(list(zip(bounds[:-1], bounds[1:], strict=True))):
-            cs, size = _Set(record[first][0], record[first][1], k, b), end - first
-            gy_c, n_c, r_c, gr_c = cs.take(gy), cs.take(steps), cs.take(remainder), cs.take(g_rem)
-            w_c, wh_c = cs.runs(w_hh), cs.runs(w_halt)
-            # Everything but the recurrence at once over the set's S steps: [K', S, R(, H)].
-            # h^{n-1} and h^n are views of one stack [h^{first}, h^{first+1}, ...].
-            if size == 1:
-                h_in, h_out = record[first][2].unsqueeze(1), record[first][3].unsqueeze(1)
-            else:
-                hs = torch.stack([record[first][2]] + [r[3] for r in record[first:end]], 1)
-                h_in, h_out = hs[:, :-1], hs[:, 1:]
-            hh = torch.stack([r[4] for r in record[first:end]], 1)  # h_n
-            ns = torch.arange(first + 1, end + 1, device=gy.device).view(-1, 1)
-            n_c, gy_c = n_c.unsqueeze(1), gy_c.unsqueeze(1)
-            going, halting = n_c > ns, n_c == ns
-            q = (h_out * gy_c).sum(-1)  # gy . h^n
-            a_c = (q * halting).sum(1) + gr_c  # A of the samples that halt in this set
-            if a_full is not None:  # and of those that halted later
-                a_c = torch.where(halting.any(1), a_c, cs.take(a_full))
+            rows, size = sets[record[first][0]], end - first
+            gy_c, n_c, r_c = rows.take(gy), rows.take(steps), rows.take(remainder)
+            # Everything but the recurrence at once over the set's S steps: [R, S(, H)].
+            h_in = torch.stack([r[1] for r in record[first:end]], 1)  # h^{n-1}
+            h_out = torch.stack([r[2] for r in record[first:end]], 1)  # h^n
+            hh = torch.stack([r[3] for r in record[first:end]], 1)  # h_n
+            ns = torch.arange(first + 1, end + 1, device=gy.device)
+            going, halting = n_c.unsqueeze(1) > ns, n_c.unsqueeze(1) == ns
+            q = torch.linalg.vecdot(h_out, gy_c.unsqueeze(1))  # gy . h^n
+            a_c = (q * halting).sum(1) + rows.take(g_rem)  # A of the pairs that halt here
+            if a_full is not None:  # and of those that halt in a later set
+                a_c = torch.where(halting.any(1), a_c, rows.take(a_full))
             dz = torch.where(going, q - a_c.unsqueeze(1), 0.0).mul_(hh * (1 - hh))  # dL/dz_n
             p = torch.where(going, hh, torch.where(halting, r_c.unsqueeze(1), 0.0))
-            # The direct part of dL/dh^n, p^n gy + dL/dz_n w (a rank-one update per run).
-            da = p.unsqueeze(-1) * gy_c
-            da_rows = da.flatten(0, 2)  # [K' * S * R, H]
-            da.flatten(1, 2).baddbmm_(dz.flatten(1).unsqueeze(-1), wh_c)
+            # The direct part of dL/dh^n: p^n gy + dL/dz_n w.
+            w_rows = rows.per_run(w_z).unsqueeze(1)
+            da = (p.unsqueeze(-1) * gy_c.unsqueeze(1)).addcmul_(dz.unsqueeze(-1), w_rows)
             if carry is not None:  # dL/dh of the later set's rows at this set's last step
-                at = cs.positions(later)
-                width = da.shape[2]
-                da_rows.index_add_(0, (at // width * size + size - 1) * width + at % width,
-                                carry.flatten(0, 1))  # fmt: skip
+                da[:, -1].index_add_(0, sets[record[end][0]].keep, carry)
             # The recurrence, last step first: da_n = (direct_n + da_{n+1} W) (1 - (h^n)^2).
             for j in range(size - 1, -1, -1):
-                dh = da[:, j] if j == size - 1 else da[:, j].add_(carry)
+                dh = da[:, j]
+                if j < size - 1:
+                    dh.add_(carry)
                 _tanh_backward(dh, h_out[:, j], grad_input=dh)
                 if first + j > 0 or ctx.needs_input_grad[2]:
-                    carry = torch.bmm(dh, w_c)  # dL/dh^{n-1}
-            later = cs
-            # The weights' gradients as one matmul over the set's steps and rows.
-            dz_rows = dz.flatten(1).unsqueeze(1)  # [K', 1, S * R]
-            for name, part in (
-                ("w_hh", torch.bmm(da.flatten(1, 2).transpose(1, 2), h_in.flatten(1, 2))),
-                ("w_halt", torch.bmm(dz_rows, h_out.flatten(1, 2))),
-                ("b_halt", dz.sum((1, 2)).unsqueeze(-1)),
-            ):
-                grads.setdefault(name, []).append((cs.members, part))
-            if first == 0:  # step 1 is always over every run and sample
+                    carry = torch.empty_like(dh, memory_format=torch.contiguous_format)
+                    rows.matmul(dh, w_hh, carry)  # dL/dh^{n-1}
+            # The weights' gradients: one matmul per run over the set's steps and rows.
+            rows.outer(da, h_in, d_w)
+            rows.outer(dz.unsqueeze(-1), h_out, d_wz)
+            if rows.run is None:
+                d_bz += dz.view(k, -1).sum(1)
+            else:
+                d_bz.index_add_(0, rows.run, dz.sum(1))
+            if first == 0:  # step 1 is always over every pair
                 d_g1, da = da[:, 0], da[:, 1:]
             if da.shape[1]:
-                d_g = cs.put(d_g, da.sum(1), add=True)
-            if first > 0:
-                a_full = cs.put(a_full, a_c)
-        d_h0 = carry if ctx.needs_input_grad[2] else None
-        # Each weight's gradient: the first set's (every run; replayed last) plus the later
-        # sets' at their runs, added in place.
-        total = {}
-        for name, parts in grads.items():
-            (_, whole), *later_parts = parts[::-1]
-            for members, part in later_parts:
-                whole = whole.add_(part) if members is None else whole.index_add_(0, members, part)
-            total[name] = whole
-        return d_g1, d_g, d_h0, total["w_hh"], total["w_halt"], total["b_halt"], None, None
+                d_g = rows.put(d_g, da.sum(1))
+            if first > 0:  # (written, not added: an earlier set holds these pairs too)
+                a_full = a_c.new_zeros(k * b) if a_full is None else a_full
+                a_full[rows.pairs] = a_c
+        d_h0 = carry.view(k, b, hidden) if ctx.needs_input_grad[2] else None
+        d_g = d_g1.new_zeros(k * b, hidden) if d_g is None else d_g
+        return (
+            d_g1.reshape(k, b, hidden), d_g.view(k, b, hidden), d_h0, d_w,
+            d_wz, d_bz.unsqueeze(1), None, None,
+        )  # fmt: skip
