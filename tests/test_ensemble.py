@@ -104,8 +104,10 @@ def _exact_rows(d):
     return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rundir.read_metrics(d)]
 
 
-def test_a_killed_group_resumes_exactly(tiny, tmp_path, monkeypatch):
-    configs = [tiny(seed=s, tau=t, steps=40) for s, t in [(0, 0.01), (1, 0.001), (2, 0.1)]]
+@pytest.mark.parametrize("model", ["act", "rnn"])  # rnn: W_hh has no gradient on one token
+def test_a_killed_group_resumes_exactly(tiny, tmp_path, monkeypatch, model):
+    taus = [(0, 0.01), (1, 0.001), (2, 0.1)]
+    configs = [tiny(seed=s, tau=t, steps=40, model=model) for s, t in taus]
     full = [tmp_path / f"full{k}" for k in range(3)]
     cut = [tmp_path / f"cut{k}" for k in range(3)]
     train.run_group(configs, full)

@@ -244,11 +244,21 @@ class Ensemble(nn.Module):
         return pondernet_head(_linear(ys, self.p("readout.weight"), self.p("readout.bias")), core)
 
 
+_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
 def stack_optimizer_states(ens: Ensemble, states: list[dict]) -> dict:
     """Single-run Adam state dicts (TaskNet parameter order) -> one for the ensemble."""
     stacked = {}
     for i in range(len(ens.names)):
-        per = [s["state"][i] for s in states]
+        per = [s["state"].get(i) for s in states]
+        if all(p is None for p in per):
+            continue  # no gradient yet (W_hh of a one-token RNN, whose h_0 is 0): no state
+        # A member without state has had no gradient: Adam's zero state, which it would
+        # update by zero, stands in for it.
+        ref = next(p for p in per if p is not None)
+        zero = {"step": ref["step"], **{k: torch.zeros_like(ref[k]) for k in _MOMENTS}}
+        per = [zero if p is None else p for p in per]
         stacked[i] = {
             "step": per[0]["step"].clone(),
             "exp_avg": torch.stack([p["exp_avg"] for p in per]),
