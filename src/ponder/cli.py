@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve, run_name
+from .memory import keep_freed_memory
 
 DESCRIPTION = (
     "Adaptive Computation Time and Repeat-RNN experiments: train one run, sweep a grid of runs, "
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a usage error already printed on one line
         return int(e.code or 0)
+    keep_freed_memory()  # a training process reuses its large blocks (memory.py)
     # `kill PID` stops a run or a sweep as Ctrl-C does: workers ended, runs resumable. (A job
     # started in the background with `&` ignores SIGINT, so SIGTERM is how one stops it.)
     main_thread = threading.current_thread() is threading.main_thread()  # signals need it

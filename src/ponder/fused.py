@@ -82,6 +82,7 @@ class Rows:
 
     def __init__(self, k: int, b: int, pairs: torch.Tensor | None, keep: torch.Tensor | None):
         self.k, self.b, self.pairs, self.keep = k, b, pairs, keep
+        self._views: dict[int, tuple] = {}  # per-run views of weights, made once per set
         if pairs is None:
             self.size, self.uniform = k * b, True
             self.blocks = [(r, r * b, (r + 1) * b) for r in range(k)]
@@ -93,6 +94,14 @@ class Rows:
             ends = torch.tensor(counts).cumsum(0).tolist()
             spans = zip(counts, ends, strict=True)
             self.blocks = [(r, e - c, e) for r, (c, e) in enumerate(spans) if c]
+        self.sizes = [end - start for _, start, end in self.blocks]
+
+    def per_run_views(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """``w [K, ...]`` at each block's run (a ponder step's matmuls slice no weights)."""
+        hit = self._views.get(id(w))
+        if hit is None or hit[0] is not w:
+            hit = self._views[id(w)] = (w, [w[r] for r, _, _ in self.blocks])
+        return hit[1]
 
     def subset(self, keep: torch.Tensor) -> Rows:
         """The rows ``keep`` (indices into this set's rows) as a set of their own."""
@@ -124,11 +133,12 @@ class Rows:
             else:
                 torch.bmm(x3, w, out=o3)
             return
-        for r, start, end in self.blocks:
+        parts = zip(x.split(self.sizes), self.per_run_views(w), out.split(self.sizes), strict=True)
+        for x_r, w_r, out_r in parts:
             if scale:
-                out[start:end].addmm_(x[start:end], w[r], **scale)
+                out_r.addmm_(x_r, w_r, **scale)
             else:
-                torch.mm(x[start:end], w[r], out=out[start:end])
+                torch.mm(x_r, w_r, out=out_r)
 
     def outer(self, a: torch.Tensor, x: torch.Tensor, total: torch.Tensor) -> None:
         """``total[r] += a_r^T x_r`` for each run r over its rows of ``a [R, S, O]`` and

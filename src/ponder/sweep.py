@@ -53,6 +53,7 @@ from .config import (
     resolve,
     run_name,
 )
+from .memory import keep_freed_memory
 from .rundir import RunError, atomic_write
 
 GRID_KEYS = {"name", "description", "base", "seeds", "budget", "stop_when_solved", "axes", "note"}
@@ -225,6 +226,7 @@ def execute_job(runs: list[tuple[RunConfig, Path]]) -> None:
     """
     from . import train
 
+    keep_freed_memory()  # a training process reuses its large blocks (memory.py)
     for _, run_dir in runs:
         rundir.clear_error(run_dir)
         rundir.mark_running(run_dir, True)
