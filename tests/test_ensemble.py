@@ -26,6 +26,7 @@ def _rows(d, keys=("loss", "task_loss", "train_accuracy", "ponder_cost", "eval_a
         ("repeat", "lstm", "addition", {"numbers": 3, "digits": 2}),
         ("pondernet", "lstm", "addition", {"numbers": 3, "digits": 2}),
         ("pondernet", "gru", "parity", {"bits": 6}),
+        ("pondernet", "rnn", "addition", {"numbers": 3, "digits": 2}),  # fused_pondernet.py
     ],
 )
 def test_forward_equals_member_networks(model, cell, task, options, tanh_form):
@@ -277,3 +278,33 @@ def test_an_ensemble_goes_on_with_its_live_members_once_one_has_stopped(
         train.run(configs[k], tmp_path / f"s{k}")
         got, want = _rows(dirs[k]), _rows(tmp_path / f"s{k}")[: 6 - 2 * (k == 2)]
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])  # the hand-written backward, and autograd's
+def test_pondernet_members_equal_their_networks_in_value_and_gradient(cell, tanh_form):
+    """Three tokens (addition), so later tokens start from each member's sampled step."""
+    spec = ModelSpec(20, 33, model="pondernet", cell=cell, hidden=10, max_ponder=6)
+    nets = [build_model(spec, "tf", torch.Generator().manual_seed(s)).double() for s in range(3)]
+    for net in nets:
+        with torch.no_grad():
+            net.core.halting.weight.normal_(0, 1.0)
+    ens = ensemble.Ensemble(nets)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, 3, 20, dtype=torch.float64, generator=gen)
+    u = torch.rand(3, 5, 3, 6, dtype=torch.float64, generator=gen)
+    w_logits = torch.randn(3, 5, 3, 6, 33, dtype=torch.float64, generator=gen)
+    w_log_p = torch.randn(3, 5, 3, 6, dtype=torch.float64, generator=gen)
+
+    def loss(info, k=slice(None)):  # every step's logits and log p, as PonderNet's loss uses
+        return (info["step_logits"] * w_logits[k]).sum() + (info["log_p"] * w_log_p[k]).sum()
+
+    logits, info = ens(x, uniforms=u)
+    loss(info).backward()
+    assert len(set(info["ponder_steps"].flatten().tolist())) > 1
+    for k, net in enumerate(nets):
+        want, want_info = net(x[k], uniforms=u[k])
+        loss(want_info, k).backward()
+        torch.testing.assert_close(logits[k], want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(info["log_p"][k], want_info["log_p"], rtol=1e-12, atol=1e-12)
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(ens.p(name).grad[k], p.grad, rtol=1e-10, atol=1e-12)

@@ -34,6 +34,7 @@ from . import engine
 from .act import Gathered, ponder_token
 from .config import RunConfig
 from .fused import tanh_act
+from .fused_pondernet import tanh_pondernet
 from .models import ModelSpec, TaskNet, pondernet_head
 from .pondernet import expected_steps, log_halting, sample_halting
 from .tanh import tanh
@@ -213,6 +214,8 @@ class Ensemble(nn.Module):
         w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
         g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
         b_gh = None if fold else b_hh
+        if self.spec.cell == "rnn" and x.device.type == "cpu":  # the hand-written backward
+            return self._pondernet_tanh(g_tokens, w_flag, w_hh, w_halt, b_halt, uniforms)
         state = self._zero_state(x)
         outs, log_p, halting = [], [], []
         for i in range(t):
@@ -234,17 +237,41 @@ class Ensemble(nn.Module):
             outs.append(ys)
             log_p.append(log_p_t)
             halting.append(n_star)
-        log_p_kbt = torch.stack(log_p, 2)  # (K, B, T, N)
-        core = {
-            "log_p": log_p_kbt,
-            "halting_step": torch.stack(halting, 2),
-            "expected_steps": expected_steps(log_p_kbt.exp()),
-        }
         ys = torch.stack(outs, 2)  # (K, B, T, N, H)
-        return pondernet_head(_linear(ys, self.p("readout.weight"), self.p("readout.bias")), core)
+        step_logits = _linear(ys, self.p("readout.weight"), self.p("readout.bias"))
+        return pondernet_head(step_logits, _pondernet_core(log_p, halting))
+
+    def _pondernet_tanh(self, g_tokens, w_flag, w_hh, w_halt, b_halt, uniforms):
+        """``_pondernet`` for the tanh RNN cell through ``fused_pondernet.tanh_pondernet``: the
+        halting unit and the readout as one projection of every step's state."""
+        v = torch.cat([w_halt, self.p("readout.weight")], 1)  # (K, 1 + O, H)
+        c = torch.cat([b_halt, self.p("readout.bias")], 1)
+        state = None  # a sequence starts from the zero state
+        step_logits, log_p, halting = [], [], []
+        for i, g in enumerate(g_tokens):
+            more = i < len(g_tokens) - 1  # another token starts from a state of this one
+            z, states = tanh_pondernet(g + w_flag, g, state, w_hh, v, c, self.spec.max_ponder, more)
+            lambdas, log_p_t = log_halting(z[..., 0])  # (K, B, N)
+            n_star = sample_halting(lambdas.detach(), uniforms[:, :, i])  # (K, B)
+            if more:  # s_t^{n*}: the next token starts there
+                pick = (n_star - 1)[:, :, None, None].expand(*n_star.shape, 1, states.shape[-1])
+                state = states.gather(2, pick).squeeze(2)
+            step_logits.append(z[..., 1:])
+            log_p.append(log_p_t)
+            halting.append(n_star)
+        return pondernet_head(torch.stack(step_logits, 2), _pondernet_core(log_p, halting))
 
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def _pondernet_core(log_p: list, halting: list) -> dict[str, torch.Tensor]:
+    log_p_kbt = torch.stack(log_p, 2)  # (K, B, T, N)
+    return {
+        "log_p": log_p_kbt,
+        "halting_step": torch.stack(halting, 2),
+        "expected_steps": expected_steps(log_p_kbt.exp()),
+    }
 
 
 def stack_optimizer_states(ens: Ensemble, states: list[dict]) -> dict:
