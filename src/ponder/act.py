@@ -28,7 +28,9 @@ step (its weights are no longer gathered), so a step costs about what its member
 K times its slowest member (runs drop out once at least half of those computed are done).
 
 For an ``nn.RNNCell`` with tanh, the loop runs without autograd and its backward is written out
-(``fused.py``): a ponder step of a few rows then costs a few operations, not autograd's seventy.
+(``fused.py``): a ponder step of a few rows then costs a few operations, not autograd's seventy,
+and an ensemble's running (run, sample) pairs are one ragged set of rows, no run padded to the
+rows of the longest.
 
 Deciding that the loop has ended reads one number per ponder step on the host. A CUDA graph
 cannot, so ``unroll=U`` runs exactly U ponder steps over every sample instead (halted ones masked,

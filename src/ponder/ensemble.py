@@ -17,7 +17,9 @@ directory's engine.json records which engine trained it and beside which compani
 
 The recurrences are written with batched matmuls over ``[K, B, ...]``; ACT's halting loop is
 ``act.ponder_token`` itself, run over runs x samples, so the loop for a token ends when every
-sample of every run has halted (for the tanh RNN cell with the backward of ``fused.py``).
+sample of every run has halted. For the tanh RNN cell ACT's loop is ``fused.py`` (the running
+pairs of run and sample as one ragged set of rows, its backward written out) and PonderNet's
+token ``fused_pondernet.py`` on the CPU.
 ``Stacked`` is the engine the training loop (``train.py``) drives: the members' checkpoints
 are in the single-run format, so either engine resumes them.
 On a GPU the ensemble's step is replayed from CUDA graphs as a single run's is.
