@@ -304,6 +304,7 @@ class LocalExecutor:
     """
 
     jobs: int = 1
+    split: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1:
@@ -313,6 +314,8 @@ class LocalExecutor:
         return on_gpu_here(device)
 
     def run(self, jobs: list[list[tuple[RunConfig, Path]]], sweep_dir: Path) -> None:
+        """Run ``jobs``; with ``split``, once no job is left to start and a worker is idle, an
+        ensemble still training is spread over the idle workers (``_split``)."""
         if not jobs:
             return
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
@@ -321,6 +324,8 @@ class LocalExecutor:
         folder.mkdir(parents=True, exist_ok=True)
         queue = list(enumerate(jobs))
         workers: list[_Worker] = []
+        waiting: dict[_Worker, float] = {}  # ensembles to split at their next checkpoint
+        started = len(jobs)  # job files are numbered on from the plan's
         try:
             while queue or workers:
                 while queue and len(workers) < self.jobs:
@@ -328,11 +333,76 @@ class LocalExecutor:
                     workers.append(_Worker.start(folder / f"job{i}.json", job, env))
                 for w in [w for w in workers if w.proc.poll() is not None]:
                     workers.remove(w)
+                    waiting.pop(w, None)
                     w.finish()
+                idle = self.jobs - len(workers)
+                if self.split and not queue and idle and workers:
+                    parts = _split(workers, waiting, idle + 1)
+                    queue += [(started + n, part) for n, part in enumerate(parts)]
+                    started += len(parts)
                 time.sleep(POLL_S)
         except BaseException:  # Ctrl-C (or a bug here): no new job, end the running ones
             _stop(workers)
             raise
+
+
+def _training(job: list[tuple[RunConfig, Path]]) -> list[tuple[RunConfig, Path]]:
+    return [(c, d) for c, d in job if run_status(d, c) not in ("done", "diverged")]
+
+
+def _split(
+    workers: list[_Worker], waiting: dict[_Worker, float], parts: int
+) -> list[list[tuple[RunConfig, Path]]]:
+    """The end of a sweep: no job is left to start, a worker is idle, and an ensemble trains
+    on one core. Its runs go on as ``parts`` jobs (``workers`` and ``waiting`` updated).
+
+    A job is stopped right after its runs have all written a checkpoint (it is marked in
+    ``waiting`` and watched until then), so the split loses only the steps of one poll: the
+    runs resume exactly where they were, as after any stop, beside fewer companions
+    (engine.json records the segment). The runs go into parts of about equal cost: a run's
+    cost is its last logged ponder steps (the recurrent steps a training step takes).
+    """
+    for w in workers:
+        if w not in waiting and len(_training(w.job)) >= 2:
+            waiting[w] = time.time()
+    for w, since in list(waiting.items()):
+        runs = _training(w.job)
+        if len(runs) < 2:
+            del waiting[w]
+            continue
+        if not all(_checkpointed_since(d, since) for _, d in runs):
+            continue
+        del waiting[w]
+        workers.remove(w)
+        _stop([w])
+        return _balanced(runs, parts)
+    return []
+
+
+def _checkpointed_since(run_dir: Path, since: float) -> bool:
+    path = Path(run_dir) / rundir.CHECKPOINT
+    try:
+        return path.stat().st_mtime > since
+    except FileNotFoundError:
+        return False
+
+
+def _balanced(runs: list[tuple[RunConfig, Path]], parts: int) -> list[list]:
+    """``runs`` into at most ``parts`` groups of about equal cost, costliest first into the
+    cheapest group so far (each group keeps the plan's order)."""
+    parts = min(parts, len(runs))
+
+    def cost(run: tuple[RunConfig, Path]) -> float:
+        rows = rundir.read_metrics(run[1])
+        return float(rows[-1].get("ponder_steps") or 1.0) if rows else 1.0
+
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    loads = [0.0] * parts
+    for i in sorted(range(len(runs)), key=lambda i: -cost(runs[i])):
+        g = loads.index(min(loads))
+        groups[g].append(i)
+        loads[g] += cost(runs[i])
+    return [[runs[i] for i in sorted(g)] for g in groups]
 
 
 @dataclass(eq=False)
