@@ -108,23 +108,28 @@ class _TanhPonderNet(torch.autograd.Function):
         g_z = g_z.permute(2, 0, 1, 3)  # [N, K, B, P]
         g_states = None if g_states is None else g_states.permute(2, 0, 1, 3)
         need_h0 = h0 is not None and ctx.needs_input_grad[2]
+        k, b, hidden = states[0].shape
         d_w, d_v = torch.zeros_like(w_hh), torch.zeros_like(v)
         d_g = torch.zeros_like(states[0])
-        carry = None  # dL/da_{n+1} W
+        # [dL/da_{n+1}, dL/dz^n] times [W; V] is dL/dh^n (but for a later token's part): one
+        # matmul a step for both, the recurrence's and the projection's.
+        w_v = torch.cat([w_hh, v], 1)  # [K, H + P, H]
+        x = states[0].new_empty(k, b, hidden + v.shape[1])
+        d_a = x[..., :hidden]  # dL/da_n, written in place step by step
+        d_h = _times(g_z[-1], v)  # dL/dz^N V: nothing comes after step N
         for n in range(steps - 1, -1, -1):
-            d_h = _times(g_z[n], v)  # dL/dz^n V
             if g_states is not None:
                 d_h += g_states[n]
-            if carry is not None:
-                d_h += carry
-            d_a = _tanh_backward(d_h, states[n], grad_input=d_h)  # dL/da_n
+            _tanh_backward(d_h, states[n], grad_input=d_a)
             d_v.baddbmm_(g_z[n].transpose(1, 2), states[n])
             h_prev = states[n - 1] if n > 0 else h0
             if h_prev is not None:
                 d_w.baddbmm_(d_a.transpose(1, 2), h_prev)
             if n > 0:
                 d_g += d_a
-            if n > 0 or need_h0:
-                carry = torch.bmm(d_a, w_hh)
+                x[..., hidden:] = g_z[n - 1]
+                d_h = torch.bmm(x, w_v)  # dL/dh^{n-1}
+        d_a = d_a.clone()  # dL/da_1, the first step's input gradient
+        carry = torch.bmm(d_a, w_hh) if need_h0 else None  # dL/dh^0
         d_c = g_z.sum((0, 2))
         return d_a, d_g, carry if need_h0 else None, d_w, d_v, d_c, None, None
