@@ -194,11 +194,16 @@ class _TanhACT(torch.autograd.Function):
         # Per pair: s_t = sum_n p_t^n s_t^n, R(t), N(t); the sums run over a set's rows and are
         # added into these when the set changes.
         y = remainder = steps = c_y = None
-        g_rows, w_rows, b_rows = g_f, rows.per_run(w_z), rows.per_run(b_z)
+        g_rows, w_rows, b_rows = g_f, None, None  # (the halting unit per row, once ragged)
+        b_1, w_halt_t = b_halt.unsqueeze(1), w_halt.transpose(1, 2)
         threshold = 1.0 - epsilon
         for n in range(1, max_steps + 1):
             h_new = _cell(rows, g1_f if n == 1 else g_rows, h, w_t)  # h^n
-            hh = torch.linalg.vecdot(h_new, w_rows).add_(b_rows).sigmoid_()  # h_n
+            if rows.uniform:  # h_n, as one batched matmul while every run has all its rows
+                z = torch.baddbmm(b_1, h_new.view(k, b, hidden), w_halt_t).view(-1)
+            else:
+                z = torch.linalg.vecdot(h_new, w_rows).add_(b_rows)
+            hh = z.sigmoid_()
             record.append((len(sets) - 1, h, h_new, hh))
             # A pair halts at the first n with sum_{n'<=n} h >= 1 - eps, or at the cap M.
             f_next = f + hh
