@@ -141,15 +141,20 @@ class Rows:
                 torch.mm(x_r, w_r, out=out_r)
 
     def outer(self, a: torch.Tensor, x: torch.Tensor, total: torch.Tensor) -> None:
-        """``total[r] += a_r^T x_r`` for each run r over its rows of ``a [R, S, O]`` and
-        ``x [R, S, I]`` (all of the set's steps)."""
-        if self.uniform:
-            total.baddbmm_(
-                a.view(self.k, -1, a.shape[-1]).transpose(1, 2), x.view(self.k, -1, x.shape[-1])
-            )
+        """``total[r] += a_r^T x_r`` for each run r over its rows of ``a [S, R, O]`` and
+        ``x [S, R, I]`` (all of the set's steps, step-major)."""
+        if self.uniform:  # a batched matmul a step (the first set's few steps)
+            for a_s, x_s in zip(a, x, strict=True):
+                total.baddbmm_(
+                    a_s.view(self.k, self.b, -1).transpose(1, 2), x_s.view(self.k, self.b, -1)
+                )
             return
-        for r, start, end in self.blocks:
-            total[r].addmm_(a[start:end].flatten(0, 1).t(), x[start:end].flatten(0, 1))
+        for r, start, end in self.blocks:  # (a view when one run holds every row)
+            a_r, x_r = (
+                a[:, start:end].reshape(-1, a.shape[-1]),
+                x[:, start:end].reshape(-1, x.shape[-1]),
+            )
+            total[r].addmm_(a_r.t(), x_r)
 
 
 def _add_sums(rows: Rows, totals: tuple, sums: tuple) -> tuple:
@@ -252,43 +257,43 @@ class _TanhACT(torch.autograd.Function):
         for first, end in reversed(list(zip(bounds[:-1], bounds[1:], strict=True))):
             rows, size = sets[record[first][0]], end - first
             gy_c, n_c, r_c = rows.take(gy), rows.take(steps), rows.take(remainder)
-            # Everything but the recurrence at once over the set's S steps: [R, S(, H)].
-            h_in = torch.stack([r[1] for r in record[first:end]], 1)  # h^{n-1}
-            h_out = torch.stack([r[2] for r in record[first:end]], 1)  # h^n
-            hh = torch.stack([r[3] for r in record[first:end]], 1)  # h_n
-            ns = torch.arange(first + 1, end + 1, device=gy.device)
-            going, halting = n_c.unsqueeze(1) > ns, n_c.unsqueeze(1) == ns
-            q = torch.linalg.vecdot(h_out, gy_c.unsqueeze(1))  # gy . h^n
-            a_c = (q * halting).sum(1) + rows.take(g_rem)  # A of the pairs that halt here
+            # Everything but the recurrence at once over the set's S steps, step-major:
+            # [S, R(, H)]. h^{n-1} and h^n are views of one stack [h^{first}, h^{first+1}, ...].
+            hs = torch.stack([record[first][1]] + [r[2] for r in record[first:end]])
+            h_in, h_out = hs[:-1], hs[1:]
+            hh = torch.stack([r[3] for r in record[first:end]])  # h_n
+            ns = torch.arange(first + 1, end + 1, device=gy.device).unsqueeze(1)
+            going, halting = n_c > ns, n_c == ns
+            q = torch.linalg.vecdot(h_out, gy_c)  # gy . h^n
+            a_c = (q * halting).sum(0) + rows.take(g_rem)  # A of the pairs that halt here
             if a_full is not None:  # and of those that halt in a later set
-                a_c = torch.where(halting.any(1), a_c, rows.take(a_full))
-            dz = torch.where(going, q - a_c.unsqueeze(1), 0.0).mul_(hh * (1 - hh))  # dL/dz_n
-            p = torch.where(going, hh, torch.where(halting, r_c.unsqueeze(1), 0.0))
+                a_c = torch.where(halting.any(0), a_c, rows.take(a_full))
+            dz = torch.where(going, q - a_c, 0.0).mul_(hh * (1 - hh))  # dL/dz_n
+            p = torch.where(going, hh, torch.where(halting, r_c, 0.0))
             # The direct part of dL/dh^n: p^n gy + dL/dz_n w.
-            w_rows = rows.per_run(w_z).unsqueeze(1)
-            da = (p.unsqueeze(-1) * gy_c.unsqueeze(1)).addcmul_(dz.unsqueeze(-1), w_rows)
+            da = (p.unsqueeze(-1) * gy_c).addcmul_(dz.unsqueeze(-1), rows.per_run(w_z))
             if carry is not None:  # dL/dh of the later set's rows at this set's last step
-                da[:, -1].index_add_(0, sets[record[end][0]].keep, carry)
+                da[-1].index_add_(0, sets[record[end][0]].keep, carry)
             # The recurrence, last step first: da_n = (direct_n + da_{n+1} W) (1 - (h^n)^2).
             for j in range(size - 1, -1, -1):
-                dh = da[:, j]
+                dh = da[j]
                 if j < size - 1:
                     dh.add_(carry)
-                _tanh_backward(dh, h_out[:, j], grad_input=dh)
+                _tanh_backward(dh, h_out[j], grad_input=dh)
                 if first + j > 0 or ctx.needs_input_grad[2]:
-                    carry = torch.empty_like(dh, memory_format=torch.contiguous_format)
+                    carry = torch.empty_like(dh)
                     rows.matmul(dh, w_hh, carry)  # dL/dh^{n-1}
-            # The weights' gradients: one matmul per run over the set's steps and rows.
+            # The weights' gradients: a matmul per run over the set's steps and rows.
             rows.outer(da, h_in, d_w)
             rows.outer(dz.unsqueeze(-1), h_out, d_wz)
             if rows.run is None:
-                d_bz += dz.view(k, -1).sum(1)
+                d_bz += dz.view(size, k, b).sum((0, 2))
             else:
-                d_bz.index_add_(0, rows.run, dz.sum(1))
+                d_bz.index_add_(0, rows.run, dz.sum(0))
             if first == 0:  # step 1 is always over every pair
-                d_g1, da = da[:, 0], da[:, 1:]
-            if da.shape[1]:
-                d_g = rows.put(d_g, da.sum(1))
+                d_g1, da = da[0], da[1:]
+            if da.shape[0]:
+                d_g = rows.put(d_g, da.sum(0))
             if first > 0:  # (written, not added: an earlier set holds these pairs too)
                 a_full = a_c.new_zeros(k * b) if a_full is None else a_full
                 a_full[rows.pairs] = a_c
