@@ -264,9 +264,6 @@ class Ensemble(nn.Module):
         return pondernet_head(torch.stack(step_logits, 2), _pondernet_core(log_p, halting))
 
 
-_MOMENTS = ("exp_avg", "exp_avg_sq")
-
-
 def _pondernet_core(log_p: list, halting: list) -> dict[str, torch.Tensor]:
     log_p_kbt = torch.stack(log_p, 2)  # (K, B, T, N)
     return {
@@ -274,6 +271,9 @@ def _pondernet_core(log_p: list, halting: list) -> dict[str, torch.Tensor]:
         "halting_step": torch.stack(halting, 2),
         "expected_steps": expected_steps(log_p_kbt.exp()),
     }
+
+
+_MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 def stack_optimizer_states(ens: Ensemble, states: list[dict]) -> dict:

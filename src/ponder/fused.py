@@ -51,9 +51,6 @@ from .tanh import faster, from_doubled_
 # dL/da = dL/dh (1 - h^2) in one pass, h = tanh(a): the kernel autograd uses for tanh.
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 
-# The sigmoid form of tanh wins from about this many elements when no backward is recorded.
-_SMALL_NO_GRAD = 2048
-
 
 def tanh_act(
     g1: torch.Tensor,
@@ -84,17 +81,22 @@ class Rows:
         self.k, self.b, self.pairs, self.keep = k, b, pairs, keep
         self._views: dict[int, tuple] = {}  # per-run views of weights, made once per set
         if pairs is None:
-            self.size, self.uniform = k * b, True
+            self.size = k * b
             self.blocks = [(r, r * b, (r + 1) * b) for r in range(k)]
             self.run = None
         else:
-            self.size, self.uniform = pairs.numel(), False
+            self.size = pairs.numel()
             self.run = pairs // b  # the run of each row
             counts = torch.bincount(self.run, minlength=k).tolist()  # one host sync per set
             ends = torch.tensor(counts).cumsum(0).tolist()
             spans = zip(counts, ends, strict=True)
             self.blocks = [(r, e - c, e) for r, (c, e) in enumerate(spans) if c]
         self.sizes = [end - start for _, start, end in self.blocks]
+
+    @property
+    def uniform(self) -> bool:
+        """Every pair, in order: each run has all B rows."""
+        return self.pairs is None
 
     def per_run_views(self, w: torch.Tensor) -> list[torch.Tensor]:
         """``w [K, ...]`` at each block's run (a ponder step's matmuls slice no weights)."""
@@ -105,19 +107,19 @@ class Rows:
 
     def subset(self, keep: torch.Tensor) -> Rows:
         """The rows ``keep`` (indices into this set's rows) as a set of their own."""
-        return Rows(self.k, self.b, keep if self.pairs is None else self.pairs[keep], keep)
+        return Rows(self.k, self.b, keep if self.uniform else self.pairs[keep], keep)
 
     def take(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` over the flattened pairs (``[K * B, ...]``) at this set's rows."""
-        return t if self.pairs is None else t[self.pairs]
+        return t if self.uniform else t[self.pairs]
 
     def per_run(self, t: torch.Tensor) -> torch.Tensor:
         """A per-run ``t [K, ...]`` at each row's run."""
-        return t.repeat_interleave(self.b, 0) if self.run is None else t[self.run]
+        return t.repeat_interleave(self.b, 0) if self.uniform else t[self.run]
 
     def put(self, full: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
         """``full [K * B, ...]`` (None: zeros) plus ``part`` added at this set's rows."""
-        if self.pairs is None:
+        if self.uniform:
             return part if full is None else full + part
         if full is None:
             full = part.new_zeros(self.k * self.b, *part.shape[1:])
@@ -174,7 +176,7 @@ def _halted(fs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def _cell(rows: Rows, gi: torch.Tensor, h: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     """h^n = tanh(g + h^{n-1} W^T) over the set's rows (``w_t [K, H, H]``: W^T per run)."""
     out = gi.clone()
-    if faster(out, _SMALL_NO_GRAD):  # tanh(a) as 2 sigmoid(2a) - 1 (tanh.py)
+    if faster(out, backward=False):  # tanh(a) as 2 sigmoid(2a) - 1 (tanh.py)
         rows.matmul(h, w_t, out, beta=2.0, alpha=2.0)
         return from_doubled_(out)
     rows.matmul(h, w_t, out, beta=1.0, alpha=1.0)
@@ -286,7 +288,7 @@ class _TanhACT(torch.autograd.Function):
             # The weights' gradients: a matmul per run over the set's steps and rows.
             rows.outer(da, h_in, d_w)
             rows.outer(dz.unsqueeze(-1), h_out, d_wz)
-            if rows.run is None:
+            if rows.uniform:
                 d_bz += dz.view(size, k, b).sum((0, 2))
             else:
                 d_bz.index_add_(0, rows.run, dz.sum(0))

@@ -35,9 +35,6 @@ from .tanh import faster, from_doubled_
 # dL/da = dL/dh (1 - h^2) in one pass, h = tanh(a): the kernel autograd uses for tanh.
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 
-# The sigmoid form of tanh wins from about this many elements when no backward is recorded.
-_SMALL_NO_GRAD = 2048
-
 
 def tanh_pondernet(
     g1: torch.Tensor,
@@ -76,7 +73,7 @@ class _TanhPonderNet(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g1, g, h0, w_hh, v, c, steps, keep_states):
         w_t, v_t, c_1 = w_hh.transpose(1, 2), v.transpose(1, 2), c.unsqueeze(1)
-        sigmoid_form = faster(g1, _SMALL_NO_GRAD)  # tanh(a) as 2 sigmoid(2a) - 1 (tanh.py)
+        sigmoid_form = faster(g1, backward=False)  # tanh(a) as 2 sigmoid(2a) - 1 (tanh.py)
         scale = 2.0 if sigmoid_form else 1.0
         # Each step's results are new tensors: written into one preallocated buffer instead,
         # a batched matmul ran at half speed (torch 2.13, CPU).
@@ -130,6 +127,6 @@ class _TanhPonderNet(torch.autograd.Function):
                 x[..., hidden:] = g_z[n - 1]
                 d_h = torch.bmm(x, w_v)  # dL/dh^{n-1}
         d_a = d_a.clone()  # dL/da_1, the first step's input gradient
-        carry = torch.bmm(d_a, w_hh) if need_h0 else None  # dL/dh^0
+        d_h0 = torch.bmm(d_a, w_hh) if need_h0 else None
         d_c = g_z.sum((0, 2))
-        return d_a, d_g, carry if need_h0 else None, d_w, d_v, d_c, None, None
+        return d_a, d_g, d_h0, d_w, d_v, d_c, None, None

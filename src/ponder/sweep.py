@@ -362,20 +362,17 @@ def _split(
     (engine.json records the segment). The runs go into parts of about equal cost: a run's
     cost is its last logged ponder steps (the recurrent steps a training step takes).
     """
-    for w in workers:
-        if w not in waiting and len(_training(w.job)) >= 2:
-            waiting[w] = time.time()
-    for w, since in list(waiting.items()):
+    for w in list(workers):
         runs = _training(w.job)
-        if len(runs) < 2:
+        if len(runs) < 2:  # nothing to split (any more)
+            waiting.pop(w, None)
+            continue
+        since = waiting.setdefault(w, time.time())
+        if all(_checkpointed_since(d, since) for _, d in runs):
             del waiting[w]
-            continue
-        if not all(_checkpointed_since(d, since) for _, d in runs):
-            continue
-        del waiting[w]
-        workers.remove(w)
-        _stop([w])
-        return _balanced(runs, parts)
+            workers.remove(w)
+            _stop([w])
+            return _balanced(runs, parts)
     return []
 
 
@@ -392,16 +389,17 @@ def _balanced(runs: list[tuple[RunConfig, Path]], parts: int) -> list[list]:
     cheapest group so far (each group keeps the plan's order)."""
     parts = min(parts, len(runs))
 
-    def cost(run: tuple[RunConfig, Path]) -> float:
-        rows = rundir.read_metrics(run[1])
+    def cost(run_dir: Path) -> float:
+        rows = rundir.read_metrics(run_dir)
         return float(rows[-1].get("ponder_steps") or 1.0) if rows else 1.0
 
+    costs = [cost(d) for _, d in runs]
     groups: list[list[int]] = [[] for _ in range(parts)]
     loads = [0.0] * parts
-    for i in sorted(range(len(runs)), key=lambda i: -cost(runs[i])):
+    for i in sorted(range(len(runs)), key=lambda i: -costs[i]):
         g = loads.index(min(loads))
         groups[g].append(i)
-        loads[g] += cost(runs[i])
+        loads[g] += costs[i]
     return [[runs[i] for i in sorted(g)] for g in groups]
 
 

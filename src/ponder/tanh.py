@@ -14,16 +14,18 @@ from __future__ import annotations
 import torch
 
 # Below this many elements torch.tanh's one kernel (and one autograd node) beats the sigmoid
-# form's three or four: 8,192 is where they cross with a backward (about 4,000 without one).
+# form's three or four: 8,192 is where they cross with a backward, 2,048 without one (the
+# loops whose backward is written out, ``fused.py`` and ``fused_pondernet.py``).
 _SMALL = 8192
+_SMALL_NO_GRAD = 2048
 
 _tanh_backward = torch.ops.aten.tanh_backward
 
 
-def faster(a: torch.Tensor, small: int = _SMALL) -> bool:
-    """Whether the sigmoid form is the faster tanh for ``a`` (a CPU tensor of ``small`` or
-    more elements)."""
-    return a.device.type == "cpu" and a.numel() >= small
+def faster(a: torch.Tensor, backward: bool = True) -> bool:
+    """Whether the sigmoid form is the faster tanh for ``a``: a CPU tensor of enough elements
+    (fewer when no autograd node is recorded for it, ``backward=False``)."""
+    return a.device.type == "cpu" and a.numel() >= (_SMALL if backward else _SMALL_NO_GRAD)
 
 
 def from_doubled_(a2: torch.Tensor) -> torch.Tensor:
