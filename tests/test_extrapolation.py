@@ -99,7 +99,8 @@ SET_COLUMNS = [
 
 
 def sets_run(tiny, steps=40, eval_sets=SETS, **over):
-    base = dict(model="repeat", rho=2, task_options={"bits": 8, "max_nonzero": 4}, steps=steps)
+    options = {"bits": 8, "max_nonzero": 4, "positions": "random"}
+    base = dict(model="repeat", rho=2, task_options=options, steps=steps)
     return tiny(**(base | {"eval_sets": eval_sets} | over))
 
 
@@ -114,11 +115,11 @@ def without_elapsed(run_dir):
 
 def test_eval_sets_resolve_to_full_task_options(tiny):
     c = sets_run(tiny)
-    assert c.task_options == {"bits": 8, "max_nonzero": 4}
+    assert c.task_options == {"bits": 8, "max_nonzero": 4, "positions": "random"}
     # each set is the training options with its changes, as the full task options
     assert c.eval_sets == {
-        "extrapolation": {"bits": 8, "min_nonzero": 5, "max_nonzero": 8},
-        "all": {"bits": 8, "min_nonzero": 1, "max_nonzero": 4},
+        "extrapolation": {"bits": 8, "min_nonzero": 5, "max_nonzero": 8, "positions": "random"},
+        "all": {"bits": 8, "min_nonzero": 1, "max_nonzero": 4, "positions": "random"},
     }
     assert resolve(c) == c  # resolving twice changes nothing
 
@@ -366,7 +367,7 @@ def test_pondernet_steps_are_sampled_halting_steps(tiny, z, n_max):
 
 # ------------------------------------------------------------------ the compute-matched table
 
-OPTS = {"task_options": {"bits": 64, "max_nonzero": 32},
+OPTS = {"task_options": {"bits": 64, "max_nonzero": 32, "positions": "random"},
         "eval_sets": {"extrapolation": {"min_nonzero": 33, "max_nonzero": 64}}}  # fmt: skip
 
 
@@ -628,8 +629,9 @@ def test_builtin_extrapolation_grid_is_pondernets_protocol():
     for run in grid.runs:
         c = run.config
         assert c.task == "parity"
-        assert c.task_options == {"bits": 96, "max_nonzero": 48}
-        assert c.eval_sets == {"extrapolation": {"bits": 96, "min_nonzero": 49, "max_nonzero": 96}}
+        assert c.task_options == {"bits": 96, "max_nonzero": 48, "positions": "random"}
+        ext = {"bits": 96, "min_nonzero": 49, "max_nonzero": 96, "positions": "random"}
+        assert c.eval_sets == {"extrapolation": ext}
     task = engine.build(grid.runs[0].config)[0]
     x, _ = task.sample(500, torch.Generator().manual_seed(0))
     assert int(nonzero(x).min()) >= 1 and int(nonzero(x).max()) <= 48

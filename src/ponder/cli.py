@@ -27,9 +27,10 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
-# --flag -> task option, for the task size options
+# --flag -> task option: the task size options (integers), and parity's positions
 TASK_FLAGS = {
     "bits": "parity: input bits (64)",
+    "positions": "parity: which k positions are non-zero, first (Fojo et al.) | random",
     "numbers": "addition: numbers per sequence (5)",
     "digits": "addition: most digits per number (5)",
     "max_length": "logic: most tokens per sequence (10); sort: most numbers (15)",
@@ -95,7 +96,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     a("--no-progress", dest="progress", action="store_const", const=False, default=None)
     for name, doc in TASK_FLAGS.items():
-        a(f"--{name.replace('_', '-')}", type=int, help=doc)
+        a(f"--{name.replace('_', '-')}", type=str if name == "positions" else int, help=doc)
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:

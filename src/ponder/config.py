@@ -65,7 +65,7 @@ class RunConfig:
     """One training run. ``None`` means "the paper's value for this task" (see ``resolve``)."""
 
     task: str = "parity"
-    task_options: dict[str, int] = field(default_factory=dict)
+    task_options: dict[str, int | str] = field(default_factory=dict)
     model: str = "act"
     cell: str | None = None
     hidden: int | None = None
@@ -87,7 +87,7 @@ class RunConfig:
     eval_seed: int = 20180326  # the held-out set's own seed, the same for every run
     # Held-out sets beside the training distribution's: name -> task options that differ
     # (e.g. {"extrapolation": {"min_nonzero": 49, "max_nonzero": 96}}), each with its own seed.
-    eval_sets: dict[str, dict[str, int]] = field(default_factory=dict)
+    eval_sets: dict[str, dict[str, int | str]] = field(default_factory=dict)
     solve_threshold: float = 0.98
     solve_window: int = 71  # Savitzky-Golay window (points) of the paper's criterion
     seed: int = 0
@@ -293,8 +293,28 @@ def _eval_sets(c: RunConfig, task: tasks.Task) -> dict[str, dict[str, int]]:
                 f"eval set {name}: its inputs or targets have another shape than training's "
                 "(change options such as min_nonzero, not the sizes)"
             )
+        unseen = sorted(set(other.nonzero_features()) - set(task.nonzero_features()))
+        if unseen:
+            fix = task.coverage_fix()
+            cause, remedy = fix or ("", "")
+            raise ConfigError(
+                f"eval set {name}: input features {_ranges(unseen)} are never non-zero in "
+                f"training{f' ({cause})' if cause else ''}, so their weights never learn and "
+                f"the set cannot be answered{f'; {remedy}' if remedy else ''}"
+            )
         out[name] = _task_options(other, options)
     return out
+
+
+def _ranges(indices: list[int]) -> str:
+    """Sorted 0-based feature indices as 1-based ranges: [48, ..., 95] -> "49-96"."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a + 1}" if a == b else f"{a + 1}-{b + 1}" for a, b in spans)
 
 
 def run_name(config: RunConfig, varied: dict[str, Any] | None = None) -> str:

@@ -120,7 +120,7 @@ def quick_extrapolation_grid() -> sweeps.Grid:
     q = QUICK_EXTRAPOLATION
     base = {
         "task": "parity",
-        "task_options": {"bits": q.bits, "max_nonzero": q.train_max},
+        "task_options": {"bits": q.bits, "max_nonzero": q.train_max, "positions": "random"},
         "eval_sets": {"extrapolation": {"min_nonzero": q.train_max + 1, "max_nonzero": q.bits}},
         "steps": q.steps,
         "log_every": q.log_every,

@@ -65,6 +65,17 @@ class Task(ABC):
         holds no input (padding).
         """
 
+    def nonzero_features(self) -> range:
+        """The input features (indices into ``input_size``) that this task's distribution can
+        make non-zero. A held-out set that sets others asks the network about inputs whose
+        weights training never moved (``config`` refuses it); every feature by default."""
+        return range(self.input_size)
+
+    def coverage_fix(self) -> tuple[str, str] | None:
+        """For a person whose held-out set feeds features this task never sets: the options
+        that cause it and the change that fixes it (None when no option would)."""
+        return None
+
     def sample_many(
         self, batch_size: int, generators: list[torch.Generator]
     ) -> tuple[torch.Tensor, torch.Tensor]:
