@@ -578,7 +578,7 @@ def test_quick_extrapolation_grid():
     configs = {}
     for run in grid.runs:
         configs.setdefault(run.config.key(ignore=("seed",)), []).append(run.config)
-    # the full grid's methods: the RNN, Repeat at 4 rho, ACT at 2 tau, PonderNet at 3 lambda_p
+    # every method: the RNN, Repeat at 6 rho, ACT at 2 tau, PonderNet at 2 lambda_p
     points = sorted(
         (c[0].model, c[0].rho if c[0].model == "repeat" else None,
          c[0].tau if c[0].model == "act" else None,
@@ -587,9 +587,9 @@ def test_quick_extrapolation_grid():
     )  # fmt: skip
     assert points == sorted(
         [("rnn", None, None, None)]
-        + [("repeat", r, None, None) for r in (2, 3, 5, 8)]
+        + [("repeat", r, None, None) for r in (2, 3, 4, 5, 6, 8)]
         + [("act", None, t, None) for t in (0.01, 0.001)]
-        + [("pondernet", None, None, lam) for lam in (0.1, 0.2, 0.5)]
+        + [("pondernet", None, None, lam) for lam in (0.2, 0.5)]
     )
     assert len(grid.runs) == len(configs) * 3
     assert all(sorted(c.seed for c in cs) == [0, 1, 2] for cs in configs.values())
@@ -603,6 +603,7 @@ def test_quick_extrapolation_grid():
         assert ext["min_nonzero"] == opts["max_nonzero"] + 1
         assert ext["max_nonzero"] == ext["bits"] == opts["bits"] > opts["max_nonzero"]
         assert opts.get("min_nonzero", 1) == 1
+        assert opts["positions"] == "random" and not c.stop_when_solved
         assert resolve(c) == c
 
 
@@ -621,11 +622,23 @@ def test_quick_extrapolation_refuses_seeds_and_budget(capsys, tmp_path):
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_builtin_extrapolation_grid_is_pondernets_protocol():
-    grid = sweep.load_grid(sweep.builtin_grid("parity-extrapolation"))
-    assert len(grid.runs) == 50
+def test_builtin_extrapolation_grid_is_pondernets_protocol_at_16_and_96_elements():
+    grid = reproduce.extrapolation_grid()
+    # the RNN, Repeat 2..12, ACT at 3 tau, PonderNet at 3 lambda_p; 5 seeds; the whole budget
+    assert len(grid.runs) == (1 + 11 + 3 + 3) * 5
+    assert sorted({r.config.rho for r in grid.runs if r.config.model == "repeat"}) == list(
+        range(2, 13)
+    )
+    assert not any(r.config.stop_when_solved for r in grid.runs)
+    for run in grid.runs:
+        c = run.config
+        assert c.task_options == {"bits": 16, "max_nonzero": 8, "positions": "random"}
+        ext = {"bits": 16, "min_nonzero": 9, "max_nonzero": 16, "positions": "random"}
+        assert c.eval_sets == {"extrapolation": ext}
+    grid = reproduce.extrapolation_grid(96)
     models = sorted({r.config.model for r in grid.runs})
     assert models == ["act", "pondernet", "repeat", "rnn"]
+    assert "--elements 96" in grid.note
     for run in grid.runs:
         c = run.config
         assert c.task == "parity"
@@ -639,3 +652,25 @@ def test_builtin_extrapolation_grid_is_pondernets_protocol():
     ext = Parity(**config.eval_sets["extrapolation"])
     k = nonzero(ext.sample(500, torch.Generator().manual_seed(0))[0])
     assert int(k.min()) >= 49 and int(k.max()) <= 96
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--elements", "0"],
+        ["--elements", "1"],
+        ["--elements", "ten"],
+        ["--elements", "16", "--quick"],
+    ],
+)
+def test_bad_elements_are_one_line(argv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "extrapolation", "--out", str(out), *argv]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_elements_only_for_extrapolation(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reproduce", "parity", "--elements", "16", "--out", str(out)]) == 2
+    assert "--elements" in capsys.readouterr().err

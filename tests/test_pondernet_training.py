@@ -131,7 +131,7 @@ def test_cli_trains_pondernet_with_its_flags(tmp_path, capsys):
         assert r["repetitions"] == r["ponder_steps"]  # the sampled step, what inference computes
     assert main(["train", "--task", "parity", "--model", "pondernet", "--lambda-p", "2",
                  "--out", str(tmp_path / "bad")]) == 2  # fmt: skip
-    assert "lambda_p must be in (0, 1]" in capsys.readouterr().err
+    assert "lambda_p must be in (0, 1)" in capsys.readouterr().err
 
 
 def test_the_report_names_pondernet_rows_and_its_steps(tmp_path):

@@ -188,5 +188,5 @@ def test_probe_is_seeded_and_shaped(addition_run: Path) -> None:
 
 def test_probe_of_a_run_without_checkpoint(tmp_path: Path) -> None:
     run = make_run(tmp_path, "no-checkpoint", model="act", tau=0.01)
-    with pytest.raises(rundir.RunError, match="checkpoint not found"):
+    with pytest.raises(rundir.RunError, match="checkpoint.pt is missing"):
         results.probe_ponder(run, samples=10, seed=0)

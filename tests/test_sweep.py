@@ -319,31 +319,3 @@ def test_override_refuses_fields_that_change_the_runs(grid_file):
 def _values(run_dir):
     keys = ("loss", "task_loss", "train_accuracy", "ponder_cost", "eval_accuracy")
     return [[r[k] for k in keys] for r in rundir.read_metrics(run_dir)]
-
-
-def test_an_ensemble_left_alone_at_the_end_is_split_over_the_idle_workers(tiny, tmp_path):
-    """Two workers: a short job ends, and the ensemble of three still training goes on as two
-    jobs (two runs and one) from the checkpoint it had just written, each run as it would
-    have trained unsplit (up to float rounding: its companions change)."""
-    # (the long job trains for seconds after the short one has ended: 800 steps of ACT)
-    long = [tiny(seed=s, tau=t, steps=800) for s, t in [(0, 0.01), (1, 0.001), (2, 0.1)]]
-    short = tiny(seed=3, steps=20)
-    out = tmp_path / "s"
-    jobs = [[(c, out / f"a{k}") for k, c in enumerate(long)], [(short, out / "b")]]
-    sweep.LocalExecutor(jobs=2).run(jobs, out)
-    ref = [tmp_path / f"ref{k}" for k in range(3)]
-    train.run_group(long, ref)
-    sizes = []
-    for k in range(3):
-        run_dir = out / f"a{k}"
-        assert rundir.read_summary(run_dir)["step"] == 800
-        assert [r["step"] for r in rundir.read_metrics(run_dir)] == list(range(10, 810, 10))
-        segments = rundir.read_engine(run_dir)
-        assert segments[0]["from_step"] == 0 and len(segments[0]["members"]) == 3
-        assert len(segments) == 2 and 0 < segments[1]["from_step"] < 800
-        sizes.append(len(segments[1]["members"]))
-        got, want = _values(run_dir), _values(ref[k])
-        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-4, atol=1e-4)
-    assert sorted(sizes) == [1, 2, 2]
-    assert rundir.read_summary(out / "b")["step"] == 20
-    assert not list((out / ".jobs").iterdir())

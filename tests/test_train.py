@@ -162,7 +162,7 @@ def test_a_kill_between_a_log_and_the_first_checkpoint_restarts_the_run(tiny, tm
 def test_missing_checkpoint_with_progress_is_refused(tiny, tmp_path):
     train.run(tiny(steps=40), tmp_path)
     (tmp_path / "checkpoint.pt").unlink()
-    with pytest.raises(rundir.RunError, match="checkpoint is missing"):
+    with pytest.raises(rundir.RunError, match="checkpoint.pt is missing"):
         train.run(tiny(steps=60), tmp_path)
 
 

@@ -1,8 +1,9 @@
 """The ``ponder`` command: thin argument parsing over train, sweep, report and bench.
 
 Bad input ends with one line on stderr and a non-zero exit status, never a traceback:
-2 for a configuration or run directory a person must fix, 3 for a run that diverged,
-1 for a sweep in which some runs did not finish, 130 when interrupted.
+2 for a configuration or run directory a person must fix (another process writing it
+included), 3 for a run that diverged, 4 for what the machine refused (a full disk, a
+permission, memory), 1 for a sweep in which some runs did not finish, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DESCRIPTION = (
 )
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+EXIT_ENVIRONMENT = 4
 EXIT_INTERRUPTED = 130
 
 # --flag -> task option: the task size options (integers), and parity's positions
@@ -55,7 +57,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     a("--hidden", type=int, help="units of the recurrent layer")
     a("--tau", type=float, help="ACT's time penalty")
     a("--rho", type=int, help="Repeat-RNN's repeats per token")
-    a("--lambda-p", type=float, help="PonderNet's geometric prior, in (0, 1] (default 0.2)")
+    a("--lambda-p", type=float, help="PonderNet's geometric prior, in (0, 1) (default 0.2)")
     a("--beta", type=float, help="PonderNet's weight of KL(p || prior) (default 0.01)")
     a("--epsilon", type=float, help="ACT's halting threshold is 1 - epsilon")
     a("--max-ponder", type=int, help="ACT's most ponder steps per token M; PonderNet's N (20)")
@@ -102,7 +104,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Merge a YAML config (if any) with the flags given, and resolve it."""
     data = load_yaml(args.config) if args.config else {}
-    options = dict(data.get("task_options") or {})
+    given = data.get("task_options") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"task_options must be a mapping of option: value, got {given!r}")
+    options = dict(given)
     for name in TASK_FLAGS:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -178,7 +183,7 @@ def _executor(args: argparse.Namespace) -> Any:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    path = build_report(args.dir)
+    path = build_report(args.dir, say=lambda line: print(f"ponder report: {line}", file=sys.stderr))
     print(f"report: {path}")
     return 0
 
@@ -196,6 +201,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         batch=args.batch,
         cuda_graphs=args.cuda_graphs,
+        elements=args.elements,
     )
 
 
@@ -305,15 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["parity", "addition", "all", "pondernet", "extrapolation"],
         help="the Fojo paper's tables (parity, addition, all); pondernet: PonderNet beside "
         "ACT and Repeat on 64-bit parity (grid parity-pondernet, 3 seeds); extrapolation: "
-        "every method on 96-element parity, trained on 1-48 non-zero and tested on 49-96 too, "
-        "with the compute-matched table (grid parity-extrapolation, 5 seeds)",
+        "every method on parity at random positions (16 elements, or --elements N), trained "
+        "on 1 to N/2 non-zero and tested on N/2+1 to N too, with the equal-cost comparison "
+        "(grid parity-extrapolation, 5 seeds)",
     )
     p.add_argument("--out", type=Path, required=True, help="sweep directory")
     p.add_argument(
         "--quick",
         action="store_true",
         help="a reduced experiment (parity: 2 to 4 minutes on 2 CPU cores; extrapolation: "
-        "about 10)",
+        "under 10)",
     )
     p.add_argument(
         "--seeds", type=_number(int, 1), help="seeds per configuration (default 5; not --quick)"
@@ -323,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 1),
         help="training steps per run (default: the paper's 2,000,000; not --quick); the "
         "report says which of the paper's results a smaller budget cannot reproduce",
+    )
+    p.add_argument(
+        "--elements",
+        type=_number(int, 2),
+        help="extrapolation only: parity elements N (default 16; PonderNet's protocol is 96), "
+        "trained on 1 to N/2 non-zero, extrapolation set N/2+1 to N",
     )
     executor_flags(p)
     p.set_defaults(func=_cmd_reproduce)
@@ -352,6 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, RecordError) as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # the machine refused: a full disk, a permission, a read-only mount
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ponder: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"ponder: error: out of memory: {_first_line(e)}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print("ponder: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -362,6 +384,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed (CPU or GPU), not a bug of ours."""
+    import torch
+
+    if isinstance(e, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return "can't allocate memory" in text or "out of memory" in text
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 if __name__ == "__main__":

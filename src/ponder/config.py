@@ -181,6 +181,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (not UTF-8)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -230,7 +232,9 @@ def resolve(config: RunConfig) -> RunConfig:
         (c.ponder_loss in PONDER_LOSSES, f"ponder_loss must be one of {PONDER_LOSSES}"),
         (math.isfinite(c.tau) and c.tau >= 0, f"tau must be >= 0, got {c.tau}"),
         (c.rho >= 1, f"rho must be >= 1, got {c.rho}"),
-        (0 < c.lambda_p <= 1, f"lambda_p must be in (0, 1], got {c.lambda_p}"),
+        # At 1 the prior is one point (halt at step 1) and KL(p || p_G) is infinite for any
+        # other p: no run trains, so 1 is refused.
+        (0 < c.lambda_p < 1, f"lambda_p must be in (0, 1), got {c.lambda_p}"),
         (math.isfinite(c.beta) and c.beta >= 0, f"beta must be >= 0, got {c.beta}"),
         (math.isfinite(c.halting_bias), f"halting_bias must be finite, got {c.halting_bias}"),
         (0 < c.epsilon < 1, f"epsilon must be in (0, 1), got {c.epsilon}"),

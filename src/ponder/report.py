@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from . import matched, rundir
@@ -348,12 +349,14 @@ def write_markdown(
         for r in row.runs:
             last = int(r.steps[-1]) if len(r.steps) else 0
             status = f"{r.status}: {r.error}" if r.error else r.status
+            if r.writer is not None:
+                status += f" (being written by process {r.writer} as this was read)"
             reps = "-" if r.repetitions is None else f"{r.repetitions:.2f}"
             cells = [r.path.name, str(r.config.seed), status, f"{last:,}"]
             cells += [fmt_steps(r.steps_to_solve), fmt_steps(r.eval_steps_to_solve), reps]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     if skipped:
-        lines += ["", f"Not read (unreadable {rundir.CONFIG}):", ""]
+        lines += ["", f"Not read (an unreadable {rundir.CONFIG}, or damaged files):", ""]
         lines += [f"- {s}" for s in skipped]
     rundir.atomic_write(Path(path), "\n".join(lines).rstrip() + "\n")
 
@@ -367,8 +370,11 @@ def build_report(
     difficulty_samples: int = 1000,
     generator_seed: int = 0,
     note: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
     """Write report.md, report.csv and figures/ in ``sweep_dir``; returns report.md's path.
+
+    ``say`` gets one line per run directory left out (an unreadable config, a damaged file).
 
     ``difficulty_samples`` fresh sequences, drawn from a CPU generator seeded with
     ``generator_seed``, probe each trained ACT network for the ponder figures (0: no such
@@ -377,6 +383,8 @@ def build_report(
     """
     sweep_dir = Path(sweep_dir)
     runs, skipped = load_runs(sweep_dir)
+    for line in skipped if say else ():
+        say(line)
     rows = aggregate(runs)
     write_csv(rows, sweep_dir / REPORT_CSV)
     figures, left_out = build_figures(rows, sweep_dir, difficulty_samples, generator_seed)

@@ -91,41 +91,40 @@ def quick_grid() -> sweeps.Grid:
 class QuickExtrapolation:
     """The reduced experiment of ``extrapolation --quick`` (see QUICK_EXTRAPOLATION_NOTE)."""
 
-    bits: int = 32
-    train_max: int = 16  # trained with 1..16 non-zero, extrapolation 17..32
-    steps: int = 5_000
+    bits: int = 8
+    train_max: int = 4  # trained with 1..4 non-zero, extrapolation 5..8
+    steps: int = 4_000
     log_every: int = 100
     solve_window: int = 11
     seeds: int = 3
     max_ponder: int = 10  # PonderNet's N
-    rhos: tuple[int, ...] = (2, 3, 5, 8)
+    rhos: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
     taus: tuple[float, ...] = (0.01, 0.001)
-    lambdas: tuple[float, ...] = (0.1, 0.2, 0.5)
+    lambdas: tuple[float, ...] = (0.2, 0.5)
 
 
 QUICK_EXTRAPOLATION = QuickExtrapolation()
 QUICK_EXTRAPOLATION_NOTE = (
-    "**Reduced experiment (`extrapolation --quick`).** Parity with {bits} elements instead of "
-    "96, trained with 1 to {train_max} non-zero and evaluated in distribution and on an "
-    "extrapolation set with {lo} to {bits} non-zero (instead of 1-48 / 49-96); at most {steps:,} "
-    "training steps, accuracy logged every {log_every} steps and smoothed over {solve_window} "
-    "points; {seeds} seeds per configuration; PonderNet with N = {max_ponder} instead of 20. "
-    "The methods, the network (tanh RNN of 128 units, batch 128) and the optimiser are the full "
-    "grid's. A run that has not solved its training distribution within the budget says little "
-    "about extrapolation: read the in-distribution columns first."
+    "**Reduced experiment (`extrapolation --quick`).** Parity with {bits} elements at random "
+    "positions instead of the full grid's 16 (PonderNet's 96), trained with 1 to {train_max} "
+    "non-zero and evaluated in distribution and on an extrapolation set with {lo} to {bits} "
+    "non-zero; {steps:,} training steps per run (every run trains them all), accuracy logged "
+    "every {log_every} steps and smoothed over {solve_window} points; {seeds} seeds per "
+    "configuration; Repeat at rho in {rhos}; PonderNet with N = {max_ponder} instead of 20 and "
+    "lambda_p in {lambdas}. The methods, the network (tanh RNN of 128 units, batch 128) and the "
+    "optimiser are the full grid's. A run that has not learned its training distribution says "
+    "nothing about extrapolation: read the in-distribution columns first."
 )
 
 
 def quick_extrapolation_grid() -> sweeps.Grid:
     q = QUICK_EXTRAPOLATION
     base = {
-        "task": "parity",
-        "task_options": {"bits": q.bits, "max_nonzero": q.train_max, "positions": "random"},
-        "eval_sets": {"extrapolation": {"min_nonzero": q.train_max + 1, "max_nonzero": q.bits}},
+        **extrapolation_options(q.bits),
         "steps": q.steps,
         "log_every": q.log_every,
         "solve_window": q.solve_window,
-        "stop_when_solved": True,
+        "stop_when_solved": False,
         "progress": False,
     }
     points = [{"model": "rnn"}]
@@ -142,9 +141,43 @@ def quick_extrapolation_grid() -> sweeps.Grid:
     note = QUICK_EXTRAPOLATION_NOTE.format(
         bits=q.bits, train_max=q.train_max, lo=q.train_max + 1, steps=q.steps,
         log_every=q.log_every, solve_window=q.solve_window, seeds=q.seeds,
-        max_ponder=q.max_ponder,
+        max_ponder=q.max_ponder, rhos=", ".join(map(str, q.rhos)),
+        lambdas=", ".join(f"{lam:g}" for lam in q.lambdas),
     )  # fmt: skip
     return sweeps.Grid(name="parity-extrapolation-quick", runs=runs, note=note)
+
+
+def extrapolation_options(elements: int) -> dict:
+    """Parity of ``elements`` at random positions, trained with 1 to elements // 2 non-zero,
+    with an extrapolation set of the rest (elements // 2 + 1 to elements): run config keys."""
+    if isinstance(elements, bool) or not isinstance(elements, int) or elements < 2:
+        raise ConfigError(f"--elements must be an integer >= 2, got {elements!r}")
+    half = elements // 2
+    return {
+        "task": "parity",
+        "task_options": {"bits": elements, "max_nonzero": half, "positions": "random"},
+        "eval_sets": {"extrapolation": {"min_nonzero": half + 1, "max_nonzero": elements}},
+    }
+
+
+def extrapolation_grid(
+    elements: int | None = None, seeds: int | None = None, budget: int | None = None
+) -> sweeps.Grid:
+    """The extrapolation study's grid (parity-extrapolation), at ``elements`` if given: the
+    same methods and knobs on another size of the problem, said in the grid's note."""
+    path = sweeps.builtin_grid("parity-extrapolation")
+    if elements is None:
+        grid = sweeps.load_grid(path, seeds=seeds, budget=budget, progress=False)
+        return grid
+    options = extrapolation_options(elements)
+    grid = sweeps.load_grid(path, seeds=seeds, budget=budget, progress=False, **options)
+    half = elements // 2
+    note = (
+        f"**Size (`--elements {elements}`).** Parity with {elements} elements at random "
+        f"positions, trained with 1 to {half} non-zero, extrapolation set {half + 1} to "
+        f"{elements}; otherwise the grid parity-extrapolation."
+    )
+    return dataclasses.replace(grid, note=note)
 
 
 QUICK_EXPERIMENTS = ("parity", "extrapolation")
@@ -241,6 +274,7 @@ def reproduce(
     jobs: int = 1,
     batch: int = 16,
     cuda_graphs: bool | None = None,
+    elements: int | None = None,
 ) -> int:
     """Sweep ``what`` (parity, addition, all, or an ``EXTRA_GRIDS`` experiment such as
     pondernet) and write its report; returns the exit status
@@ -252,7 +286,8 @@ def reproduce(
     configuration and training steps per run of the full protocol (its defaults: 5 and the
     paper's 2,000,000; not with ``quick``). ``jobs``: the runs trained at once, for the
     time estimate of the full protocol. ``cuda_graphs=False`` trains every step eagerly (a
-    resumable setting: the runs keep their directories).
+    resumable setting: the runs keep their directories). ``elements``: the size of the
+    extrapolation study's parity (``extrapolation_grid``).
     """
     from .report import build_report
 
@@ -271,10 +306,17 @@ def reproduce(
         raise ConfigError(
             f"--quick trains {sizes.steps:,} steps per run; --budget is for the full protocol"
         )
+    if elements is not None and (what != "extrapolation" or quick):
+        raise ConfigError("--elements is for the full extrapolation study (without --quick)")
     out = Path(out)
     plans = []
     for task in names:
-        grid = quick_grid_of(task) if quick else full_grid(task, seeds=seeds, budget=budget)
+        if quick:
+            grid = quick_grid_of(task)
+        elif elements is not None:
+            grid = extrapolation_grid(elements, seeds=seeds, budget=budget)
+        else:
+            grid = full_grid(task, seeds=seeds, budget=budget)
         if cuda_graphs is not None:
             grid = sweeps.override(grid, cuda_graphs=cuda_graphs)
         plans.append((task, grid, out / task if what == "all" else out))
@@ -293,15 +335,23 @@ def reproduce(
 def _announce(task: str, grid: sweeps.Grid, quick: bool, jobs: int) -> None:
     """What is about to run, and for the full protocol how long it may take here."""
     if quick:
-        minutes = "2 to 4" if task == "parity" else "about 10"
+        minutes = "2 to 4" if task == "parity" else "under 10"
         print(f"ponder reproduce {task} --quick: a reduced experiment, "
               f"{len(grid.runs)} runs, {minutes} minutes on 2 CPU cores", flush=True)  # fmt: skip
         return
     steps = max(r.config.steps for r in grid.runs)
-    scale = "at full scale" if steps == PAPER_BUDGET else f"with a budget of {steps:,} steps"
-    print(f"ponder reproduce {task}: the paper's protocol {scale}, "
-          f"{len(grid.runs)} runs of up to {steps:,} steps; a GPU is recommended. "
-          "Measuring throughput...", flush=True)  # fmt: skip
+    if task in FULL_GRIDS:
+        scale = "at full scale" if steps == PAPER_BUDGET else f"with a budget of {steps:,} steps"
+        what = f"the paper's protocol {scale}"
+    else:
+        bits = sorted({r.config.task_options.get("bits") for r in grid.runs} - {None})
+        size = f" on {bits[0]} elements" if len(bits) == 1 and task == "extrapolation" else ""
+        what = f"the grid {grid.name}{size}"
+    gpu = "; a GPU is recommended" if task in FULL_GRIDS else ""
+    print(f"ponder reproduce {task}: {what}, {len(grid.runs)} runs of up to {steps:,} steps"
+          f"{gpu}. Measuring throughput...", flush=True)  # fmt: skip
     hours = estimate_hours(grid, jobs)
-    print(f"expect up to {hours:,.1f} hours here with --jobs {jobs} (less: runs stop once "
-          "solved); Ctrl-C and the same command resumes", flush=True)  # fmt: skip
+    stops = any(r.config.stop_when_solved for r in grid.runs)
+    print(f"expect up to {hours:,.1f} hours here with --jobs {jobs} (one run at a time per "
+          f"job{'; less: runs stop once solved' if stops else ''}); Ctrl-C and the same "
+          "command resumes", flush=True)  # fmt: skip

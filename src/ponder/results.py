@@ -41,6 +41,7 @@ REPORT_STATUS = {
     "done": "finished",
     "diverged": "diverged",
     "failed": "failed",
+    "damaged": "failed",
     "partial": "unfinished",
     "new": "unfinished",
 }
@@ -115,6 +116,7 @@ class RunResult:
     # steps (per token, computed at evaluation) and ponder_cost; a value None if not logged.
     held_out: dict[str, dict[str, float | None]] = field(default_factory=dict)
     error: str = ""  # first line of error.txt for a failed run
+    writer: int | None = None  # the PID of the process writing the run as it was read
 
     @property
     def last_step(self) -> int:
@@ -225,7 +227,10 @@ def read_run(run_dir: Path) -> RunResult:
     )
     i = metrics.first_crossing(column("eval_accuracy"), config.solve_threshold)
 
-    status = REPORT_STATUS[rundir.status(run_dir, config)]
+    raw = rundir.status(run_dir, config)
+    if raw == "damaged":  # summary.json unreadable: read_summary says why, in one line
+        rundir.read_summary(run_dir)
+    status = REPORT_STATUS[raw]
     error = (rundir.read_error(run_dir) or "") if status == "failed" else ""
     last = rows[-1] if rows else {}
     return RunResult(
@@ -242,6 +247,7 @@ def read_run(run_dir: Path) -> RunResult:
         expected_steps=last.get("ponder_cost") if config.model == "pondernet" else None,
         held_out=_held_out(config, last),
         error=error,
+        writer=rundir.writer_pid(run_dir),
     )
 
 
@@ -279,6 +285,8 @@ def load_runs(sweep_dir: Path) -> tuple[list[RunResult], list[str]]:
     for path in candidates:
         try:
             runs.append(read_run(path))
+        except rundir.DamagedRun as e:
+            skipped.append(f"{path.name}: damaged, left as it is: {e}")
         except RunError as e:
             skipped.append(f"{path.name}: {e}")
     if not runs:

@@ -269,9 +269,10 @@ class Executor(Protocol):
 
 
 def on_gpu_here(device: str) -> bool:
-    """Whether runs asking for ``device`` train on a GPU when trained on this machine."""
-    if device != "auto":
-        return device == "cuda"
+    """Whether runs asking for ``device`` train on a GPU when trained on this machine (False
+    for ``cuda`` on a machine without one: such runs cannot train here at all)."""
+    if device not in ("auto", "cuda"):
+        return False
     import torch
 
     return torch.cuda.is_available()
@@ -291,20 +292,23 @@ class InlineExecutor:
 
 STOP_GRACE_S = 5.0  # seconds a worker has to end after SIGTERM before it is killed
 POLL_S = 0.1
+PARENT_ENV = "PONDER_SWEEP_PID"  # a local worker's sweep: the worker ends when it is gone
 
 
 @dataclass
 class LocalExecutor:
     """``jobs`` worker processes on this machine, threads split evenly between them.
 
-    Jobs start in order, ``jobs`` at a time. If ``run`` is interrupted (``KeyboardInterrupt``,
-    or any exception) it starts no further job, ends its workers (SIGTERM, then SIGKILL after
-    ``STOP_GRACE_S``), clears their runs' ``.running`` markers and re-raises: the runs keep
-    their checkpoints and resume when the same sweep runs again.
+    Jobs start in order, ``jobs`` at a time; what trains with what is the plan's alone
+    (``plan_jobs``, ``spread``), never a matter of which worker happened to be idle when, so the
+    same sweep gives the same numbers however busy the machine is. Each worker dies with the
+    sweep's process, however that dies (``_job_main``). If ``run`` is interrupted
+    (``KeyboardInterrupt``, or any exception) it starts no further job, ends its workers
+    (SIGTERM, then SIGKILL after ``STOP_GRACE_S``), clears their runs' ``.running`` markers and
+    re-raises: the runs keep their checkpoints and resume when the same sweep runs again.
     """
 
     jobs: int = 1
-    split: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1:
@@ -313,94 +317,61 @@ class LocalExecutor:
     def on_gpu(self, device: str) -> bool:
         return on_gpu_here(device)
 
+    @property
+    def workers(self) -> int:
+        """Jobs trained at once: the plan spreads ensembles so that each has one (``spread``)."""
+        return self.jobs
+
     def run(self, jobs: list[list[tuple[RunConfig, Path]]], sweep_dir: Path) -> None:
-        """Run ``jobs``; with ``split``, once no job is left to start and a worker is idle, an
-        ensemble still training is spread over the idle workers (``_split``)."""
         if not jobs:
             return
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            PARENT_ENV: str(os.getpid()),
+        }
+        # This sweep's own job files (a dead sweep's are left to no one: they go first).
         folder = sweep_dir / ".jobs"
+        if folder.exists():
+            for stale in folder.glob("*.json"):
+                stale.unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
         queue = list(enumerate(jobs))
         workers: list[_Worker] = []
-        waiting: dict[_Worker, float] = {}  # ensembles to split at their next checkpoint
-        started = len(jobs)  # job files are numbered on from the plan's
         try:
             while queue or workers:
                 while queue and len(workers) < self.jobs:
                     i, job = queue.pop(0)
-                    workers.append(_Worker.start(folder / f"job{i}.json", job, env))
+                    name = f"{os.getpid()}-job{i}.json"
+                    workers.append(_Worker.start(folder / name, job, env))
                 for w in [w for w in workers if w.proc.poll() is not None]:
                     workers.remove(w)
-                    waiting.pop(w, None)
                     w.finish()
-                idle = self.jobs - len(workers)
-                if self.split and not queue and idle and workers:
-                    parts = _split(workers, waiting, idle + 1)
-                    queue += [(started + n, part) for n, part in enumerate(parts)]
-                    started += len(parts)
                 time.sleep(POLL_S)
         except BaseException:  # Ctrl-C (or a bug here): no new job, end the running ones
             _stop(workers)
             raise
 
 
-def _training(job: list[tuple[RunConfig, Path]]) -> list[tuple[RunConfig, Path]]:
-    return [(c, d) for c, d in job if run_status(d, c) not in ("done", "diverged")]
-
-
-def _split(
-    workers: list[_Worker], waiting: dict[_Worker, float], parts: int
+def spread(
+    jobs: list[list[tuple[RunConfig, Path]]], workers: int
 ) -> list[list[tuple[RunConfig, Path]]]:
-    """The end of a sweep: no job is left to start, a worker is idle, and an ensemble trains
-    on one core. Its runs go on as ``parts`` jobs (``workers`` and ``waiting`` updated).
-
-    A job is stopped right after its runs have all written a checkpoint (it is marked in
-    ``waiting`` and watched until then), so the split loses only the steps of one poll: the
-    runs resume exactly where they were, as after any stop, beside fewer companions
-    (engine.json records the segment). The runs go into parts of about equal cost: a run's
-    cost is its last logged ponder steps (the recurrent steps a training step takes).
-    """
-    for w in list(workers):
-        runs = _training(w.job)
-        if len(runs) < 2:  # nothing to split (any more)
-            waiting.pop(w, None)
-            continue
-        since = waiting.setdefault(w, time.time())
-        if all(_checkpointed_since(d, since) for _, d in runs):
-            del waiting[w]
-            workers.remove(w)
-            _stop([w])
-            return _balanced(runs, parts)
-    return []
-
-
-def _checkpointed_since(run_dir: Path, since: float) -> bool:
-    path = Path(run_dir) / rundir.CHECKPOINT
-    try:
-        return path.stat().st_mtime > since
-    except FileNotFoundError:
-        return False
-
-
-def _balanced(runs: list[tuple[RunConfig, Path]], parts: int) -> list[list]:
-    """``runs`` into at most ``parts`` groups of about equal cost, costliest first into the
-    cheapest group so far (each group keeps the plan's order)."""
-    parts = min(parts, len(runs))
-
-    def cost(run_dir: Path) -> float:
-        rows = rundir.read_metrics(run_dir)
-        return float(rows[-1].get("ponder_steps") or 1.0) if rows else 1.0
-
-    costs = [cost(d) for _, d in runs]
-    groups: list[list[int]] = [[] for _ in range(parts)]
-    loads = [0.0] * parts
-    for i in sorted(range(len(runs)), key=lambda i: -costs[i]):
-        g = loads.index(min(loads))
-        groups[g].append(i)
-        loads[g] += costs[i]
-    return [[runs[i] for i in sorted(g)] for g in groups]
+    """``jobs`` with ensembles split until every one of ``workers`` has a job from the start
+    (or no ensemble is left to split): the costliest ensemble goes on as two of about equal
+    size, its runs in the plan's order. A function of the plan alone: the sweep trains the
+    same groups, so the same numbers, whatever the machine's load."""
+    jobs = [list(j) for j in jobs]
+    while len(jobs) < workers:
+        multi = [j for j in jobs if len(j) > 1]
+        if not multi:
+            break
+        job = min(multi, key=_longest_first)  # the costliest (the key sorts it first)
+        i = jobs.index(job)
+        half = -(-len(job) // 2)
+        jobs[i : i + 1] = [job[:half], job[half:]]
+    return sorted(jobs, key=_longest_first)
 
 
 @dataclass(eq=False)
@@ -597,10 +568,36 @@ def sweep(
     """
     _check_batch(batch)
     sweep_dir = Path(os.path.abspath(sweep_dir))
+    rundir.check_out_dir(sweep_dir)
     check_grid(grid, sweep_dir)
     executor = executor or LocalExecutor()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _check_devices(grid, executor)
+    with rundir.Lock(sweep_dir, "sweep"):
+        return _sweep_locked(grid, sweep_dir, executor, progress, batch)
+
+
+def _check_devices(grid: Grid, executor: Executor) -> None:
+    """Refuse runs that ask for CUDA where the executor's jobs find none, before a worker
+    starts (the executor knows: a Ray cluster's workers may have GPUs this process lacks)."""
+    if any(r.config.device == "cuda" for r in grid.runs) and not executor.on_gpu("cuda"):
+        raise RunError("--device cuda was asked for but PyTorch sees no CUDA GPU here")
+
+
+def _sweep_locked(
+    grid: Grid, sweep_dir: Path, executor: Executor, progress: bool, batch: int
+) -> SweepResult:
+    busy = [(r.name, pid) for r in grid.runs if (pid := rundir.writer_pid(sweep_dir / r.name))]
+    if busy:
+        name, pid = busy[0]
+        raise rundir.Busy(
+            f"{sweep_dir / name} is being written by process {pid} (a ponder train, or a "
+            "worker of a sweep that was killed); wait for it to end"
+        )
     rundir.clear_running(sweep_dir)  # markers left by a sweep that was killed
+    rundir.remove_stale_tmp(sweep_dir)
+    damaged = _damaged(grid, sweep_dir)
+    for name, why in damaged.items():
+        print(f"sweep {grid.name}: run {name} is damaged and left as it is: {why}", flush=True)
     manifest = {
         "name": grid.name,
         "description": grid.description,
@@ -608,8 +605,11 @@ def sweep(
         "runs": {r.name: r.config.to_dict() for r in grid.runs},
     }
     atomic_write(sweep_dir / "sweep.json", json.dumps(manifest, indent=1))
-    jobs = plan_jobs(grid.runs, sweep_dir, batch, getattr(executor, "on_gpu", on_gpu_here))
-    skipped = len(grid.runs) - sum(len(j) for j in jobs)
+    todo = [r for r in grid.runs if r.name not in damaged]
+    jobs = plan_jobs(todo, sweep_dir, batch, getattr(executor, "on_gpu", on_gpu_here))
+    workers = getattr(executor, "workers", 1)
+    jobs = spread(jobs, workers if isinstance(workers, int) else 1)
+    skipped = len(todo) - sum(len(j) for j in jobs)
     if progress:
         print(
             f"sweep {grid.name}: {len(grid.runs)} runs, {skipped} already finished, "
@@ -622,7 +622,22 @@ def sweep(
         executor.run(jobs, sweep_dir)
     finally:
         monitor.stop()
-    return SweepResult({r.name: run_status(sweep_dir / r.name, r.config) for r in grid.runs})
+    statuses = {r.name: run_status(sweep_dir / r.name, r.config) for r in grid.runs}
+    return SweepResult({**statuses, **{name: "damaged" for name in damaged}})
+
+
+def _damaged(grid: Grid, sweep_dir: Path) -> dict[str, str]:
+    """The runs still to train whose files cannot be read whole, and why (one line each):
+    the sweep leaves them as they are and trains the others."""
+    out = {}
+    for r in grid.runs:
+        run_dir = sweep_dir / r.name
+        try:
+            if run_status(run_dir, r.config) not in ("done", "diverged"):
+                rundir.check_readable(run_dir)
+        except rundir.DamagedRun as e:
+            out[r.name] = str(e)
+    return out
 
 
 def run_sweep(
@@ -694,14 +709,39 @@ class _Monitor:
 
 def _job_main(argv: list[str]) -> int:
     """Entry of a local worker process: ``python -m ponder.sweep JOB.json``. SIGTERM (the
-    sweep stopping) ends it through ``execute_job``'s clean-up, like Ctrl-C."""
+    sweep stopping, or dying) ends it through ``execute_job``'s clean-up, like Ctrl-C."""
 
     def terminated(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, terminated)
+    _die_with_parent()
     execute_job(read_job(Path(argv[0])))
     return 0
+
+
+def _die_with_parent() -> None:
+    """SIGTERM this worker when its sweep's process dies, however it dies (SIGKILL included):
+    Linux's parent-death signal, and a watch on the parent for the systems without one."""
+    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the signal was asked for
+        raise SystemExit(128 + signal.SIGTERM)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 if __name__ == "__main__":

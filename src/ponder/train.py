@@ -17,6 +17,7 @@ can no longer move (``Curve.decided``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,28 +89,33 @@ class Member:
         return done if rundir.finished(done, self.config) else None
 
     def resume(self) -> dict[str, Any] | None:
-        """The last checkpoint (None for a fresh run); drops the rows logged after it."""
+        """The last checkpoint (None for a fresh run), checked against the config's network;
+        nothing is written until ``open_log``."""
         rows, ckpt = rundir.read_metrics(self.dir), None
         if rundir.has_checkpoint(self.dir):
             ckpt = rundir.load_checkpoint(self.dir)
+            _check_fits(self.config, ckpt, self.dir)
         # A row logged after the first checkpoint's step means a checkpoint was written and is
         # gone. A row at that step itself is not: a kill can land between logging the row and
         # writing its checkpoint, and the run then restarts from the beginning.
         elif rows and rows[-1]["step"] > self.config.log_every * self.config.checkpoint_every:
-            raise RunError(
-                f"{self.dir} has metrics up to step {rows[-1]['step']} but its checkpoint is "
-                "missing; move the directory away to restart the run"
+            raise rundir.unusable_checkpoint(
+                self.dir, f"is missing (metrics.csv goes to step {rows[-1]['step']})"
             )
         step = int(ckpt["step"]) if ckpt else 0
-        rows = [r for r in rows if r["step"] <= step]  # what came after the checkpoint is redone
-        for r in rows:
+        self._rows = [r for r in rows if r["step"] <= step]  # what came after it is redone
+        for r in self._rows:
             self.curve.add(r)
-        self.last = rows[-1] if rows else None
+        self.last = self._rows[-1] if self._rows else None
         self.t0 = time.perf_counter() - (float(ckpt.get("elapsed_s", 0.0)) if ckpt else 0.0)
         self.ckpt_step = step
-        names = rundir.columns(self.config.eval_sets)
-        self.log = rundir.MetricsLog(self.dir, rows, step, names)
         return ckpt
+
+    def open_log(self) -> None:
+        """Start logging from the resume point: the rows logged after the checkpoint are
+        dropped from metrics.csv now, once the run is sure to train."""
+        names = rundir.columns(self.config.eval_sets)
+        self.log = rundir.MetricsLog(self.dir, self._rows, self.ckpt_step, names)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -181,9 +187,32 @@ def run_group(
     a group of more than one run and trains a single run on its own network. Members that
     already finished are left alone. The others must resume from the same step (as they do
     when they were trained together), else each resumes on its own.
+
+    Every directory is checked (writable, the same run, its files readable whole) and the
+    device resolved before any is created, and each is locked (``rundir.Lock``) while it
+    trains: another process writing one of them is a ``RunError`` at once.
     """
     if len({c.ensemble_key() for c in configs}) != 1:
-        raise ValueError("run_group: the configs differ in more than seed and tau")
+        raise ValueError(
+            "run_group: the configs differ in more than the ensemble member fields "
+            "(seed, tau, lambda_p, beta)"
+        )
+    # An unavailable device or a network the machine cannot hold fails before any directory
+    # is made.
+    _check_memory(configs, resolve_device(configs[0].device))
+    for c, d in zip(configs, run_dirs, strict=True):
+        rundir.check_out_dir(Path(d))
+        rundir.check_same_run(c, Path(d))
+        rundir.check_readable(Path(d))
+    with contextlib.ExitStack() as locks:
+        for d in run_dirs:
+            locks.enter_context(rundir.Lock(Path(d), "train"))
+        return _run_group(configs, run_dirs, stacked)
+
+
+def _run_group(
+    configs: list[RunConfig], run_dirs: list[str | Path], stacked: bool | None
+) -> list[dict[str, Any]]:
     members = [Member(c, d) for c, d in zip(configs, run_dirs, strict=True)]
     summaries = [m.finished() for m in members]
     todo = [m for m, s in zip(members, summaries, strict=True) if s is None]
@@ -218,12 +247,53 @@ def _train(
         device = resolve_device(c0.device)
         set_matmul_precision(c0, device)
         eng = _engine([m.config for m in members], ckpts, device, stacked)
+        for m in members:
+            m.open_log()
         _record(eng, members, step, device)
         _loop(eng, members, step, device)
     finally:
         for m in members:
             m.close()
     return [rundir.read_summary(m.dir) for m in members]
+
+
+def _check_memory(configs: list[RunConfig], device: torch.device) -> None:
+    """Raise ``RunError`` if the runs' weights, gradients and Adam's two moments alone need
+    more memory than ``device`` has free (counted on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in TaskNet(build(configs[0])[1]).parameters())
+    need = 4 * 4 * params * len(configs)  # float32: weights, gradients, Adam's m and v
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _available_ram()
+    if free is not None and need > free:
+        raise RunError(
+            f"the network needs at least {need / 2**30:,.1f} GiB for its weights and Adam's "
+            f"state ({params:,} parameters x {len(configs)} runs), more than the "
+            f"{free / 2**30:,.1f} GiB free on {device.type}; use a smaller --hidden"
+        )
+
+
+def _available_ram() -> int | None:
+    """Bytes of memory the kernel can give this process now (Linux's MemAvailable)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_fits(config: RunConfig, ckpt: dict[str, Any], run_dir: Path) -> None:
+    """Raise the checkpoint's ``RunError`` if its network is not the one ``config`` builds
+    (another size, cell or model), before anything of the run is rewritten."""
+    want = {k: tuple(v.shape) for k, v in TaskNet(build(config)[1]).state_dict().items()}
+    model = ckpt["model"]
+    have = {k: tuple(v.shape) for k, v in model.items()} if isinstance(model, dict) else {}
+    if have != want:
+        raise rundir.unusable_checkpoint(run_dir, "holds another network than config.yaml's")
 
 
 def _record(eng: Engine, members: list[Member], step: int, device: torch.device) -> None:
