@@ -14,7 +14,7 @@ import pytest
 import torch
 from sweeps import make_run, read_csv
 
-from ponder import engine, matched, report, reproduce, results, rundir, sweep, train
+from ponder import engine, matched, report, reproduce, results, rundir, train
 from ponder.cli import main
 from ponder.config import ConfigError, RunConfig, from_dict, resolve
 from ponder.tasks.parity import Parity

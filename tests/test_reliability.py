@@ -31,6 +31,21 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
 # ------------------------------------------------------------------ one writer per directory
 
 
+def _holder(run_dir: Path) -> subprocess.Popen:
+    """Another process that takes ``run_dir``'s lock and keeps it (until killed)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from pathlib import Path
+            from ponder import rundir
+            rundir.Lock(Path({str(run_dir)!r})).acquire()
+            print("locked", flush=True)
+            time.sleep(600)
+        """)],
+        stdout=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+
+
 def test_a_second_writer_is_refused_naming_the_first(tiny, tmp_path):
     run_dir = tmp_path / "run"
     with rundir.Lock(run_dir, "train"):
@@ -55,17 +70,7 @@ def test_a_second_writer_is_refused_naming_the_first(tiny, tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     run_dir = tmp_path / "run"
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time
-            from pathlib import Path
-            from ponder import rundir
-            rundir.Lock(Path({str(run_dir)!r})).acquire()
-            print("locked", flush=True)
-            time.sleep(600)
-        """)],
-        stdout=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+    child = _holder(run_dir)
     assert child.stdout.readline().strip() == "locked"
     assert rundir.writer_pid(run_dir) == child.pid
     with pytest.raises(rundir.Busy, match=str(child.pid)):
@@ -82,17 +87,7 @@ def test_train_on_a_directory_another_process_writes_exits_2_and_touches_nothing
     run_dir = tmp_path / "run"
     train.run(tiny(steps=20), run_dir)
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != rundir.LOCK}
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time
-            from pathlib import Path
-            from ponder import rundir
-            rundir.Lock(Path({str(run_dir)!r})).acquire()
-            print("locked", flush=True)
-            time.sleep(600)
-        """)],
-        stdout=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+    child = _holder(run_dir)
     try:
         assert child.stdout.readline().strip() == "locked"
         code = main(["train", "--config", str(run_dir / "config.yaml"), "--steps", "40",

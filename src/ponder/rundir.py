@@ -199,7 +199,9 @@ def writer_pid(folder: Path) -> int | None:
         try:
             major, minor, inode = parts[5].split(":")
             same = (int(inode), int(major, 16), int(minor, 16)) == (
-                st.st_ino, os.major(st.st_dev), os.minor(st.st_dev)
+                st.st_ino,
+                os.major(st.st_dev),
+                os.minor(st.st_dev),
             )
         except ValueError:
             continue
