@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ponder import engine, ensemble, graphs, rundir, train
+from ponder import tanh as ponder_tanh
 from ponder.cli import main
 from ponder.models import ModelSpec, build_model
 
@@ -196,6 +197,53 @@ def test_runs_with_graphs_log_what_eager_runs_log(tiny, tmp_path, monkeypatch, m
         for r, s in zip(got, want, strict=True):
             for k in ("loss", "train_accuracy", "ponder_cost", "eval_accuracy"):
                 assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), (a, k, r["step"])
+
+
+def test_host_data_catches_what_capture_refuses():
+    x = torch.ones(3)
+    host = [
+        lambda: torch.tensor([1.0]),
+        lambda: torch.as_tensor(0.2, device=x.device),  # pondernet.log_prior before the fix
+        lambda: x.new_tensor([1]),
+        lambda: x.to(x.device),
+        lambda: x.to(device="cpu"),
+        lambda: torch.as_tensor(x, device="cpu"),
+    ]
+    with graphs.HostData():
+        for make in host:
+            with pytest.raises(graphs.CaptureError):
+                make()
+        # operands and fills are kernel arguments, not copies: they record
+        x * 0.5, torch.where(x > 0, 0.0, x), torch.full((2,), 0.3), x.to(torch.float64)
+        torch.zeros(3).copy_(x), torch.as_tensor(x), x.new_zeros(2)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("model", ["act", "repeat", "rnn", "pondernet"])
+@pytest.mark.parametrize(
+    "task, fields",
+    [
+        ("parity", {"task_options": {"bits": 4}}),
+        ("addition", {"task_options": {"numbers": 2, "digits": 2}, "batch_size": 4}),
+    ],
+)
+def test_recorded_steps_make_no_tensor_from_host_data(tiny, monkeypatch, task, fields, model, k):
+    """The step a GPU records, for every method and engine, replayed under ``HostData``: it
+    fails on a tensor made from a Python number (as ``log_prior``'s was for one PonderNet run)
+    or a CPU tensor moved to the device, which CUDA graph capture refuses."""
+    _patch_graphs(monkeypatch)
+    # the paths a GPU takes: torch's tanh, PonderNet's autograd unroll
+    monkeypatch.setattr(ensemble, "HAND_WRITTEN_PONDERNET", set())
+    monkeypatch.setattr(ponder_tanh, "_SMALL", 1 << 60)
+    replays = []
+    replay = graphs.Emulated.replay
+    monkeypatch.setattr(graphs.Emulated, "replay", lambda g: replays.append(g) or replay(g))
+    config = tiny(task=task, model=model, max_ponder=6, lambda_p=0.2, **fields)
+    configs = [dataclasses.replace(config, seed=s) for s in range(k)]
+    eng = train._engine(configs, [None] * k, torch.device("cpu"), stacked=k > 1)
+    for _ in range(graphs.WARMUP + 3):
+        eng.stepper()
+    assert eng.stepper.records >= 1 and len(replays) >= 3  # the recorded step ran, guarded
 
 
 def test_capturable_checkpoints_resume_without_it(tiny, tmp_path, monkeypatch):

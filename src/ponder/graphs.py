@@ -23,8 +23,10 @@ the unroll follows what the network currently needs. The result is always exact 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 WARMUP = 3  # eager steps before recording: PyTorch's recipe, and Adam's state must exist
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -249,10 +251,80 @@ class CudaGraph:
 class Emulated:
     """A stand-in for ``CudaGraph`` on any device: ``replay()`` calls ``fn``, and ``outputs``
     are its latest results. The logic around the graphs (ACT's overflow, re-recording) is the
-    same, so a CPU can test it."""
+    same, so a CPU can test it; and ``fn`` runs under ``HostData``, so a CPU also finds the
+    host-to-device copies that CUDA graph capture refuses."""
 
     def __init__(self, fn: Callable[[], object], generators: list[torch.Generator]) -> None:
         self.fn, self.outputs = fn, None
 
     def replay(self) -> None:
-        self.outputs = self.fn()
+        with HostData():
+            self.outputs = self.fn()
+
+
+class CaptureError(RuntimeError):
+    """A recorded step made a tensor from host data (``HostData``)."""
+
+
+# Functions that make a tensor from their first argument's data: from Python numbers or lists
+# (or NumPy arrays) the data is on the host, and on a GPU the tensor is a host-to-device copy.
+_FROM_DATA = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.asarray,
+    torch.from_numpy,
+    torch.Tensor.new_tensor,
+}
+# Methods that move a tensor to a device given as an argument.
+_MOVES = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.copy_}
+
+
+class HostData(TorchFunctionMode):
+    """Fails, with a ``CaptureError`` naming the call, on what a CUDA graph cannot record: a
+    tensor made from Python numbers, lists or NumPy data (``torch.tensor(0.2)``,
+    ``torch.as_tensor(lambda_p, device=...)``), and a CPU tensor moved or copied to a device
+    (``.to(device)``, ``.cuda()``, ``copy_(cpu_tensor)``). On a GPU each is a copy from
+    unpinned host memory, which capture refuses (or, pinned, records a copy of the value seen
+    while recording). A step that runs on a CPU is checked for the same calls: there "the
+    device" is the CPU, so any explicit move of a CPU tensor counts, as it would be a copy
+    from the host on a GPU. Scalars as operands (``x * 0.5``, ``torch.where(m, 0.0, x)``,
+    ``torch.full``) are kernel arguments, not copies, and pass.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:
+        kwargs = kwargs or {}
+        if func in _FROM_DATA:
+            data = args[1] if func is torch.Tensor.new_tensor else args[0] if args else None
+            if not isinstance(data, torch.Tensor):
+                raise CaptureError(
+                    f"{_name(func)} of {type(data).__name__} data inside a recorded step: "
+                    "a copy from the host, which CUDA graph capture refuses"
+                )
+            if data.device.type == "cpu" and _target(func, args[1:], kwargs) is not None:
+                raise CaptureError(f"{_name(func)} moves a CPU tensor to a device inside a step")
+        elif func in _MOVES and args and isinstance(args[0], torch.Tensor):
+            if func is torch.Tensor.copy_:
+                src = args[1] if len(args) > 1 else kwargs.get("src")
+                if isinstance(src, torch.Tensor) and src.device != args[0].device:
+                    raise CaptureError("copy_ from a CPU tensor to a device inside a step")
+            elif args[0].device.type == "cpu" and (
+                func is torch.Tensor.cuda or _target(func, args[1:], kwargs) is not None
+            ):
+                raise CaptureError(f"{_name(func)} moves a CPU tensor to a device inside a step")
+        return func(*args, **kwargs)
+
+
+def _name(func: Callable) -> str:
+    return getattr(func, "__name__", repr(func))
+
+
+def _target(func: Callable, args: tuple, kwargs: dict) -> object | None:
+    """The device a ``to``/``as_tensor`` call names (a device, a string, or a tensor), else
+    None: ``.to(torch.float64)`` changes the type only."""
+    if kwargs.get("device") is not None:
+        return kwargs["device"]
+    if func is torch.Tensor.to:
+        for a in args:
+            if isinstance(a, torch.device | str | torch.Tensor) or type(a) is int:
+                return a
+    return None
