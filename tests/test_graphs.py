@@ -118,7 +118,7 @@ def _train_side_by_side(config, record, steps=30):
     graphed, net, window, gen = _stepper(config, True, record)
     for step in range(1, steps + 1):
         eager()
-        if config.model == "act" and step == graphs.WARMUP:
+        if config.model == "act" and step == graphs.WARMUP + 1:
             graphed.unroll = 1  # far too short: the first recorded steps must be redone
         graphed()
         torch.testing.assert_close(graphed.last[1], eager.last[1], rtol=1e-5, atol=1e-6)
@@ -135,6 +135,28 @@ def _train_side_by_side(config, record, steps=30):
 @pytest.mark.parametrize("model", ["act", "repeat"])
 def test_emulated_graphs_train_as_eager(tiny, model):
     _train_side_by_side(tiny(model=model, task_options={"bits": 8}, hidden=16), graphs.Emulated)
+
+
+def test_act_warm_up_runs_the_recorded_computation(tiny):
+    """After the first (exact, eager) step, ACT's warm-up steps run the autograd unroll the
+    graph records, not the hand-written backward of the eager path; one that overflows U is
+    redone exactly, and the warm-up trains as the eager stepper does."""
+    config = tiny(model="act", task_options={"bits": 8}, hidden=16)
+    eager, eager_net, _, _ = _stepper(config, False)
+    stepper, net, _, _ = _stepper(config, True)
+    unrolls = []
+    grad = stepper.grad
+    stepper.grad = lambda x, y, unroll: unrolls.append(unroll) or grad(x, y, unroll)
+    for step in range(1, graphs.WARMUP + 1):
+        if step == graphs.WARMUP:
+            stepper.unroll = 1  # too short: this warm-up step must be redone, exactly
+        eager()
+        stepper()
+        torch.testing.assert_close(stepper.last[1], eager.last[1], rtol=1e-5, atol=1e-6)
+    assert unrolls[0] is None and unrolls[1] >= 1 and unrolls[2:4] == [1, None]
+    assert stepper.records == 0 and stepper.overflows == 1 and stepper.unroll > 1
+    for a, b in zip(net.parameters(), eager_net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_unroll_follows_the_need_down(tiny):

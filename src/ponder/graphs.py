@@ -8,8 +8,10 @@ computation as the eager step, on the same batches (a registered generator advan
 replay exactly as the eager draws would advance it).
 
 The first ``WARMUP`` steps run eagerly (on a GPU, on a side stream, as PyTorch's recipe has it);
-they allocate the gradients and Adam's state that the graphs then update in place. The graphs
-are recorded on the step after.
+they allocate the gradients and Adam's state that the graphs then update in place, and they run
+the computation that is then recorded, so that what it sets up on first use (cuBLAS workspaces,
+autograd's buffers for these shapes) is set up before recording. The graphs are recorded on the
+step after.
 
 ACT needs the host to see when every sample has halted, which a graph cannot. Its step is two
 graphs: the batch and the gradients with a fixed unroll U (``ponder.act``), then the update. In
@@ -17,7 +19,11 @@ between the host reads one flag, ``overflow`` (one sync per step; eager ACT has 
 step). If some sample needed more than U steps, the gradients of the same batch are recomputed
 eagerly and exactly before the update runs, and U is raised to that sample's N plus a margin
 and the first graph recorded again. At log steps the largest N of the window may shrink U, so
-the unroll follows what the network currently needs. The result is always exact ACT.
+the unroll follows what the network currently needs. The result is always exact ACT. ACT's first
+warm-up step is the exact eager step (its largest N sets the first U); the others run the two
+functions the graphs record, the autograd unroll over U steps and the update, eagerly, with the
+same exact redo (an eager ACT step would take the tanh RNN's hand-written backward instead,
+``fused.py``, and warm up kernels the graph never runs).
 """
 
 from __future__ import annotations
@@ -110,11 +116,11 @@ class Stepper:
             return self._eager_step()
         if self.calls <= WARMUP:
             if not self.window.is_cuda:
-                return self._eager_step()
+                return self._warm_step()
             side = _capture_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._eager_step()
+                self._warm_step()
             torch.cuda.current_stream().wait_stream(side)
             return None
         if self._graph is None:
@@ -124,6 +130,14 @@ class Stepper:
             self.last = self._graph.outputs
             return None
         return self._act_step()
+
+    def _warm_step(self) -> None:
+        """A warm-up step: eager, and for ACT after the first one the recorded computation."""
+        if self.max_ponder is None or self.calls == 1:
+            return self._eager_step()
+        if self.unroll is None:
+            self.unroll = min(self.max_ponder, self._seen + margin(self._seen))
+        return self._act_step(warm=True)
 
     # ---- graphs
 
@@ -178,16 +192,22 @@ class Stepper:
     def _current_grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self._params()]
 
-    def _act_step(self) -> None:
-        self._graph.replay()
-        x, y, task_loss, logits = self._graph.outputs
+    def _act_step(self, warm: bool = False) -> None:
+        """ACT's step from its two graphs, or with ``warm`` from the functions they record,
+        called eagerly (a warm-up step); a step that overflowed U is redone exactly."""
+        if warm:
+            x, y, task_loss, logits = self._act_gradients()
+        else:
+            self._graph.replay()
+            x, y, task_loss, logits = self._graph.outputs
         if bool(self._overflow):  # the one host sync: some sample needed more than U steps
             loss, info = self._eager((x, y))  # the same batch, exactly
             with torch.no_grad():
-                for p, buf in zip(self._params(), self._grads, strict=True):
-                    if p.grad is not buf:  # the update graph reads these buffers
-                        buf.copy_(p.grad)
-                        p.grad = buf
+                if not warm:  # the update graph reads the recorded gradient buffers
+                    for p, buf in zip(self._params(), self._grads, strict=True):
+                        if p.grad is not buf:
+                            buf.copy_(p.grad)
+                            p.grad = buf
                 self._terms.copy_(self.terms(loss, info))
                 need = int(info["ponder_steps"].max())
             # need > U >= every N this window's replays saw (U only grows within a window)
@@ -196,7 +216,10 @@ class Stepper:
             self._resize(need)
         else:
             self.last = (task_loss, logits, y)
-        self._update.replay()
+        if warm:
+            self._act_update()
+        else:
+            self._update.replay()
 
     def _resize(self, need: int) -> None:
         """Set U for a largest N of ``need``; the gradients' graph is recorded again."""
