@@ -32,8 +32,8 @@ from .engine import (
     Single,
     build,
     eval_sets,
+    matmul_precision,
     resolve_device,
-    set_matmul_precision,
     uses_graphs,
 )
 from .models import TaskNet
@@ -216,10 +216,10 @@ def _train(
     c0 = members[0].config
     try:
         device = resolve_device(c0.device)
-        set_matmul_precision(c0, device)
-        eng = _engine([m.config for m in members], ckpts, device, stacked)
-        _record(eng, members, step, device)
-        _loop(eng, members, step, device)
+        with matmul_precision(c0.tf32):
+            eng = _engine([m.config for m in members], ckpts, device, stacked)
+            _record(eng, members, step, device)
+            _loop(eng, members, step, device)
     finally:
         for m in members:
             m.close()
