@@ -235,6 +235,7 @@ def _record(eng: Engine, members: list[Member], step: int, device: torch.device)
         "device": str(device),
         "cuda_graphs": uses_graphs(members[0].config, device),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),  # CPU threads: they can change a sum's order
     }
     for m, reseeded in zip(members, eng.reseeded, strict=True):
         rundir.record_engine(m.dir, {**record, "data_reseeded": reseeded})
