@@ -313,3 +313,17 @@ def test_cuda_graph_ensemble_equals_eager(tiny, tmp_path):
         want, got = rundir.read_metrics(tmp_path / f"e{k}"), rundir.read_metrics(tmp_path / f"g{k}")
         for r, s in zip(got, want, strict=True):
             assert r["loss"] == pytest.approx(s["loss"], rel=1e-4, abs=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("model", ["act", "repeat", "rnn", "pondernet"])
+def test_cuda_graphs_record_every_method(tiny, model, k):
+    """What the CPU test above checks with ``HostData``, with real CUDA graph capture."""
+    config = tiny(model=model, device="cuda", max_ponder=6, lambda_p=0.2)
+    configs = [dataclasses.replace(config, seed=s) for s in range(k)]
+    eng = train._engine(configs, [None] * k, torch.device("cuda"), stacked=k > 1)
+    for _ in range(graphs.WARMUP + 3):
+        eng.stepper()
+    torch.cuda.synchronize()
+    assert eng.stepper.records >= 1
