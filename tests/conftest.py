@@ -14,6 +14,17 @@ def float64():
 
 
 @pytest.fixture
+def tf32_switches():
+    """PyTorch's two process-wide TF32 switches, set to its defaults (matmuls off, cuDNN on)
+    for the test and restored after it; returns the two modules that hold them."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    old = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32, cudnn.allow_tf32 = False, True
+    yield matmul, cudnn
+    matmul.allow_tf32, cudnn.allow_tf32 = old
+
+
+@pytest.fixture
 def tiny():
     """A resolved config that trains in about a second on the CPU."""
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ponder import bench, engine
+from ponder.cli import main
 from ponder.config import RunConfig, resolve
 
 
@@ -68,11 +69,13 @@ def test_run_bench_writes_table(tmp_path, capsys):
     out = tmp_path / "BENCH.md"
     timing = bench.Timing(warmup=1, repeats=2, seconds=0.01, max_steps=3)
     profile_case = bench.Case("act", {"task": "parity", "model": "act", **tiny})
-    text = bench.run_bench(
+    got = bench.run_bench(
         quick=True, device="cpu", out=out, _cases=cases, _timing=timing, _ks=(1, 2),
-        _profile_case=profile_case,
+        _profile_case=profile_case, _neighbours=cases[:1],
     )  # fmt: skip
-    assert out.read_text() == text
+    text = got.text
+    assert out.read_text() == text and got.failed == []
+    assert "- load: " in text and "in progress" not in text
     assert "| case | naive steps/s | single steps/s (ratio) | K=1 run-steps/s (ratio)" in text
     assert "## parity" in text and "## addition" in text
     assert "skipped (quick)" in text
@@ -90,6 +93,84 @@ def test_run_bench_writes_table(tmp_path, capsys):
         "| 15 halt at once, 1 ponders to M",
     ]
     assert profiles[0].split(" | ")[3] == "1.00x"  # the at-once case against itself
+    assert "## A single run beside a busy loop" in text
+    beside = next(line for line in text.splitlines() if line.startswith("| parity act"))
+    assert "1 thread" in beside  # parity's network: one thread, whatever the load
+
+
+def _tiny_cases():
+    tiny = {"task_options": {"bits": 4}, "hidden": 8, "batch_size": 8}
+    return [
+        bench.Case(label, {"task": "parity", "model": model, **tiny}, quick_ks=(1,))
+        for label, model in [("act", "act"), ("repeat", "repeat"), ("rnn", "rnn")]
+    ]
+
+
+def test_a_failing_case_leaves_the_others_and_the_file(tmp_path, monkeypatch, capsys):
+    """One case's failure (here a recording error, as PonderNet's on a GPU was) is one line;
+    the others are measured, the file is written after every case, the exit status is 1."""
+    written = []
+    write = bench.Report.write
+
+    def record(report, out):
+        text = write(report, out)
+        written.append(text)
+        return text
+
+    single = bench.single_step
+
+    def broken(config, device):
+        if config.model == "repeat":
+            raise bench.graphs.RecordError("recording the training step failed (test)")
+        return single(config, device)
+
+    monkeypatch.setattr(bench.Report, "write", record)
+    monkeypatch.setattr(bench, "single_step", broken)
+    monkeypatch.setattr(bench, "CASES", _tiny_cases())
+    monkeypatch.setattr(
+        bench, "QUICK", bench.Timing(warmup=1, repeats=1, seconds=0.01, max_steps=2)
+    )
+    monkeypatch.setattr(bench, "PROFILE_CASE", False)
+    monkeypatch.setattr(bench, "run_bench", _without_extras(bench.run_bench))
+    out = tmp_path / "BENCH.md"
+    assert main(["bench", "--quick", "--device", "cpu", "--out", str(out)]) == 1
+    printed = capsys.readouterr().out
+    failed = [line for line in printed.splitlines() if "failed" in line]
+    assert failed == ["parity repeat            failed: RecordError: recording the training step "
+                      "failed (test)"]  # fmt: skip
+    text = out.read_text()
+    assert len(written) == 4 and "in progress: 1 of 3 cases so far" in written[0]
+    rows = [line for line in text.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| act (1 thread)", "| repeat", "| rnn (1 thread)"]
+    assert "failed: RecordError" in rows[1] and "**failed** (1)" in text
+
+
+def _without_extras(run):
+    """``run_bench`` without the ACT profiles and the busy-loop case (kept short)."""
+
+    def quick(*args, **kwargs):
+        return run(*args, **kwargs, _profile_case=False, _neighbours=[])
+
+    return quick
+
+
+def test_bench_runs_with_trainings_tf32_switches(tmp_path, monkeypatch, tf32_switches):
+    """The bench sets both TF32 switches as training does (off unless opted in), and restores
+    them: PyTorch's own defaults differ (cuDNN's on), and tests must not depend on order."""
+    matmul, cudnn = tf32_switches
+    seen = []
+    measure = bench.measure_against
+
+    def spy(*args):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return measure(*args)
+
+    monkeypatch.setattr(bench, "measure_against", spy)
+    timing = bench.Timing(warmup=1, repeats=1, seconds=0.01, max_steps=2)
+    bench.run_bench(device="cpu", out=tmp_path / "b.md", _cases=_tiny_cases()[1:2],
+                    _timing=timing, _ks=(1,), _profile_case=False, _neighbours=[])  # fmt: skip
+    assert seen == [(False, False)]
+    assert cudnn.allow_tf32 and not matmul.allow_tf32
 
 
 def test_add_parser_defaults():
@@ -99,4 +180,6 @@ def test_add_parser_defaults():
     bench.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--quick", "--device", "cpu"])
     assert args.quick and args.device == "cpu" and str(args.out) == "BENCHMARKS.md"
+    assert args.cuda_graphs and args.threads is None
+    assert not parser.parse_args(["bench", "--no-cuda-graphs"]).cuda_graphs
     assert args.func is bench._cmd_bench

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ponder import engine, ensemble, graphs, rundir, train
+from ponder import tanh as ponder_tanh
 from ponder.cli import main
 from ponder.models import ModelSpec, build_model
 
@@ -117,7 +118,7 @@ def _train_side_by_side(config, record, steps=30):
     graphed, net, window, gen = _stepper(config, True, record)
     for step in range(1, steps + 1):
         eager()
-        if config.model == "act" and step == graphs.WARMUP:
+        if config.model == "act" and step == graphs.WARMUP + 1:
             graphed.unroll = 1  # far too short: the first recorded steps must be redone
         graphed()
         torch.testing.assert_close(graphed.last[1], eager.last[1], rtol=1e-5, atol=1e-6)
@@ -134,6 +135,28 @@ def _train_side_by_side(config, record, steps=30):
 @pytest.mark.parametrize("model", ["act", "repeat"])
 def test_emulated_graphs_train_as_eager(tiny, model):
     _train_side_by_side(tiny(model=model, task_options={"bits": 8}, hidden=16), graphs.Emulated)
+
+
+def test_act_warm_up_runs_the_recorded_computation(tiny):
+    """After the first (exact, eager) step, ACT's warm-up steps run the autograd unroll the
+    graph records, not the hand-written backward of the eager path; one that overflows U is
+    redone exactly, and the warm-up trains as the eager stepper does."""
+    config = tiny(model="act", task_options={"bits": 8}, hidden=16)
+    eager, eager_net, _, _ = _stepper(config, False)
+    stepper, net, _, _ = _stepper(config, True)
+    unrolls = []
+    grad = stepper.grad
+    stepper.grad = lambda x, y, unroll: unrolls.append(unroll) or grad(x, y, unroll)
+    for step in range(1, graphs.WARMUP + 1):
+        if step == graphs.WARMUP:
+            stepper.unroll = 1  # too short: this warm-up step must be redone, exactly
+        eager()
+        stepper()
+        torch.testing.assert_close(stepper.last[1], eager.last[1], rtol=1e-5, atol=1e-6)
+    assert unrolls[0] is None and unrolls[1] >= 1 and unrolls[2:4] == [1, None]
+    assert stepper.records == 0 and stepper.overflows == 1 and stepper.unroll > 1
+    for a, b in zip(net.parameters(), eager_net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_unroll_follows_the_need_down(tiny):
@@ -198,6 +221,53 @@ def test_runs_with_graphs_log_what_eager_runs_log(tiny, tmp_path, monkeypatch, m
                 assert r[k] == pytest.approx(s[k], rel=1e-4, abs=1e-5), (a, k, r["step"])
 
 
+def test_host_data_catches_what_capture_refuses():
+    x = torch.ones(3)
+    host = [
+        lambda: torch.tensor([1.0]),
+        lambda: torch.as_tensor(0.2, device=x.device),  # pondernet.log_prior before the fix
+        lambda: x.new_tensor([1]),
+        lambda: x.to(x.device),
+        lambda: x.to(device="cpu"),
+        lambda: torch.as_tensor(x, device="cpu"),
+    ]
+    with graphs.HostData():
+        for make in host:
+            with pytest.raises(graphs.CaptureError):
+                make()
+        # operands and fills are kernel arguments, not copies: they record
+        x * 0.5, torch.where(x > 0, 0.0, x), torch.full((2,), 0.3), x.to(torch.float64)
+        torch.zeros(3).copy_(x), torch.as_tensor(x), x.new_zeros(2)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("model", ["act", "repeat", "rnn", "pondernet"])
+@pytest.mark.parametrize(
+    "task, fields",
+    [
+        ("parity", {"task_options": {"bits": 4}}),
+        ("addition", {"task_options": {"numbers": 2, "digits": 2}, "batch_size": 4}),
+    ],
+)
+def test_recorded_steps_make_no_tensor_from_host_data(tiny, monkeypatch, task, fields, model, k):
+    """The step a GPU records, for every method and engine, replayed under ``HostData``: it
+    fails on a tensor made from a Python number (as ``log_prior``'s was for one PonderNet run)
+    or a CPU tensor moved to the device, which CUDA graph capture refuses."""
+    _patch_graphs(monkeypatch)
+    # the paths a GPU takes: torch's tanh, PonderNet's autograd unroll
+    monkeypatch.setattr(ensemble, "HAND_WRITTEN_PONDERNET", set())
+    monkeypatch.setattr(ponder_tanh, "_SMALL", 1 << 60)
+    replays = []
+    replay = graphs.Emulated.replay
+    monkeypatch.setattr(graphs.Emulated, "replay", lambda g: replays.append(g) or replay(g))
+    config = tiny(task=task, model=model, max_ponder=6, lambda_p=0.2, **fields)
+    configs = [dataclasses.replace(config, seed=s) for s in range(k)]
+    eng = train._engine(configs, [None] * k, torch.device("cpu"), stacked=k > 1)
+    for _ in range(graphs.WARMUP + 3):
+        eng.stepper()
+    assert eng.stepper.records >= 1 and len(replays) >= 3  # the recorded step ran, guarded
+
+
 def test_capturable_checkpoints_resume_without_it(tiny, tmp_path, monkeypatch):
     config = tiny(model="act", steps=20)
     _patch_graphs(monkeypatch)
@@ -243,3 +313,17 @@ def test_cuda_graph_ensemble_equals_eager(tiny, tmp_path):
         want, got = rundir.read_metrics(tmp_path / f"e{k}"), rundir.read_metrics(tmp_path / f"g{k}")
         for r, s in zip(got, want, strict=True):
             assert r["loss"] == pytest.approx(s["loss"], rel=1e-4, abs=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("model", ["act", "repeat", "rnn", "pondernet"])
+def test_cuda_graphs_record_every_method(tiny, model, k):
+    """What the CPU test above checks with ``HostData``, with real CUDA graph capture."""
+    config = tiny(model=model, device="cuda", max_ponder=6, lambda_p=0.2)
+    configs = [dataclasses.replace(config, seed=s) for s in range(k)]
+    eng = train._engine(configs, [None] * k, torch.device("cuda"), stacked=k > 1)
+    for _ in range(graphs.WARMUP + 3):
+        eng.stepper()
+    torch.cuda.synchronize()
+    assert eng.stepper.records >= 1

@@ -207,3 +207,23 @@ def test_last_logged_step_reads_the_last_complete_row(tiny, tmp_path):
     with (tmp_path / "metrics.csv").open("a") as f:
         f.write("40,0.5")  # a row still being written
     assert rundir.last_logged_step(tmp_path) == 30
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_training_sets_both_tf32_switches_and_restores_them(
+    tiny, tmp_path, monkeypatch, tf32_switches, tf32
+):
+    """Both process-wide TF32 switches are the run's while it trains (PyTorch's defaults
+    differ: cuDNN on, matmuls off) and are restored after, so no test depends on another."""
+    matmul, cudnn = tf32_switches
+    seen = []
+    loop = train._loop
+
+    def spy(*args):
+        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+        return loop(*args)
+
+    monkeypatch.setattr(train, "_loop", spy)
+    train.run(tiny(model="repeat", steps=10, tf32=tf32), tmp_path / "run")
+    assert seen == [(tf32, tf32)]
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, True)

@@ -24,14 +24,16 @@ median over the rounds, a ratio the median of each round's ratio to the naive re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +42,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import graphs
+from . import threads as choose_threads
 from .config import RunConfig, resolve
-from .engine import Single, build, derive_seed, effective_tau, init_network, resolve_device
+from .engine import (
+    Single,
+    build,
+    derive_seed,
+    effective_tau,
+    init_network,
+    matmul_precision,
+    resolve_device,
+)
 from .ensemble import Stacked
 from .rundir import RunError
 from .tasks.base import IGNORE
 
 ADDITION_CONFIGS, ADDITION_SEEDS, ADDITION_STEPS = 9, 5, 2_000_000
+NEIGHBOUR_LIMIT = 1.3  # a single run beside one busy loop: at most this much slower
+BUSY_WARNING = (
+    "other work kept a core or more of this machine busy during the bench: its numbers are "
+    "lower, and noisier, than a quiet machine's"
+)
+
+
+def projected_hours(rate: float) -> float:
+    """Hours for the addition table (Table 2's grid at the paper's budget) at ``rate``
+    run-steps/s."""
+    return ADDITION_CONFIGS * ADDITION_SEEDS * ADDITION_STEPS / rate / 3600
 
 
 @dataclass(frozen=True)
@@ -58,8 +80,9 @@ class Case:
     ks: tuple[int, ...] = (1, 16, 64)
     quick_ks: tuple[int, ...] = (1, 16, 64)
 
-    def config(self, device: str) -> RunConfig:
-        return resolve(RunConfig(device=device, progress=False, init="tf", **self.fields))
+    def config(self, device: str, cuda_graphs: bool = True) -> RunConfig:
+        fields = {"device": device, "progress": False, "init": "tf", "cuda_graphs": cuda_graphs}
+        return resolve(RunConfig(**{**fields, **self.fields}))
 
 
 CASES = [
@@ -91,6 +114,12 @@ PROFILES = [
     ("15 halt at once, 1 ponders to M", (HALT_AT_ONCE,) * 15 + (PONDER_TO_M,)),
 ]
 PROFILE_CASE = Case("act tau=1e-3", {"task": "parity", "model": "act", "tau": 1e-3})
+
+# A single run beside a busy loop (``neighbour_rows``); --quick times the first only.
+NEIGHBOURS = [
+    Case("repeat rho=2", {"task": "parity", "model": "repeat", "rho": 2}),
+    Case("repeat rho=5", {"task": "addition", "model": "repeat", "rho": 5}),
+]
 
 
 @dataclass(frozen=True)
@@ -357,11 +386,12 @@ def ensemble_step(
 
 
 def profile_rows(
-    device: torch.device, timing: Timing, case: Case = PROFILE_CASE
+    device: torch.device, timing: Timing, case: Case = PROFILE_CASE, cuda_graphs: bool = True
 ) -> list[list[str]]:
     """ACT ensembles of ``PROFILES``: each one's step time, its rate, its ratio to the ensemble
     whose members all halt at once, and to a naive sweep training its members one by one."""
-    config = case.config(device.type)
+    config = case.config(device.type, cuda_graphs)
+    choose_threads.use(choose_threads.for_config(config))
     naive = {b: naive_step(config, device, b) for b in {b for _, bs in PROFILES for b in bs}}
     steps = {label: ensemble_step(config, device, len(bs), bs) for label, bs in PROFILES}
     got = measure_against({**steps, **{f"naive {b}": f for b, f in naive.items()}},
@@ -451,8 +481,8 @@ def _machine(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return (
-        f"{cpu} ({platform.machine()}), {os.cpu_count()} CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), device: {device.type} ({name})"
+        f"{cpu} ({platform.machine()}), {os.cpu_count()} CPUs ({choose_threads.usable_cpus()} "
+        f"usable), torch {torch.__version__}, device: {device.type} ({name})"
     )
 
 
@@ -460,82 +490,230 @@ def _task_of(case: Case) -> str:
     return case.fields.get("task", "parity")
 
 
+def failure(e: BaseException) -> str:
+    """One line for a case that failed: the error's type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def busy_loop() -> Iterator[subprocess.Popen]:
+    """A second process spinning on one core for the block (the neighbour of ``neighbours``);
+    ended, by its handle, when the block ends."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # started, and seen by the load sample that chooses the threads
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def neighbour_rows(
+    device: torch.device, timing: Timing, cases: list[Case], threads: int | None, graphs_on: bool
+) -> list[list[str]]:
+    """A single run's steps/s on a quiet machine and beside one busy loop, its threads chosen
+    each time as ``ponder train`` chooses them then (``ponder.threads``)."""
+    rows = []
+    for case in cases:
+        config = case.config(device.type, graphs_on)
+        got = []
+        for beside in (contextlib.nullcontext(), busy_loop()):
+            with beside:
+                load = choose_threads.busy_cores()
+                chosen = choose_threads.use(choose_threads.for_config(config, threads))
+                rate = measure(single_step(config, device), device, timing)
+                got.append((rate, f"{_threads(chosen)}, {load:.1f} cores busy"))
+        (quiet, q_how), (busy, b_how) = got
+        slowdown = quiet / busy
+        within = "yes" if slowdown <= NEIGHBOUR_LIMIT else "**no**"
+        name = f"{_task_of(case)} {case.label}"
+        cells = [name, f"{_rate(quiet)} ({q_how})", f"{_rate(busy)} ({b_how})"]
+        cells += [f"{slowdown:.2f}x", within]
+        print(f"{name:<24} beside a busy loop: {slowdown:.2f}x slower "
+              f"({cells[1]} -> {cells[2]} steps/s)", flush=True)  # fmt: skip
+        rows.append(cells)
+    return rows
+
+
+def _threads(choice: choose_threads.Choice) -> str:
+    return f"{choice.threads} thread" + ("s" if choice.threads > 1 else "")
+
+
+@dataclass
+class Bench:
+    """What ``run_bench`` measured: the markdown it wrote, and the cases that failed (each
+    ``"name: reason"``)."""
+
+    text: str
+    failed: list[str]
+
+
 def run_bench(
     quick: bool = False,
     device: str = "auto",
     out: Path = Path("BENCHMARKS.md"),
+    cuda_graphs: bool = True,
+    threads: int | None = None,
     *,
     _cases: list[Case] | None = None,
     _timing: Timing | None = None,
     _ks: tuple[int, ...] | None = None,
     _profile_case: Case | bool = PROFILE_CASE,
-) -> str:
-    """Time every case, print a line per measurement, write ``out``; returns its markdown."""
+    _neighbours: list[Case] | None = None,
+) -> Bench:
+    """Time every case, print a line per measurement, write ``out`` after every case.
+
+    A case that fails (a graph that cannot be recorded, memory, anything) is one line with its
+    reason, on the console and in its row; the others run. The machine's load is measured at
+    the start and the end and stated; each case runs with the threads ``ponder train`` would
+    choose for it (``threads`` overrides), and the TF32 switches set as training sets them.
+    """
     dev = resolve_device(device)
     timing = _timing or (QUICK if quick else FULL)
     cases = _cases if _cases is not None else CASES
-    all_ks = _ks or (1, 16, 64)
-    started = time.perf_counter()
-    rows: dict[str, list[list[str]]] = {}
-    best_ensemble: dict[str, list[float]] = {}
+    neighbours = _neighbours if _neighbours is not None else NEIGHBOURS[: 1 if quick else None]
+    report = Report(quick, dev, _ks or (1, 16, 64), cuda_graphs, threads, len(cases))
     print(f"ponder bench on {_machine(dev)}", flush=True)
-    for case in cases:
-        config = case.config(device)
-        task_name = config.task
-        name = f"{task_name} {case.label}"
-        ks = [k for k in all_ks if k in (case.quick_ks if quick else case.ks)]
+    report.load = choose_threads.busy_cores()
+    print(f"load: {choose_threads.describe_load(report.load)}", flush=True)
+    if choose_threads.is_busy(report.load):
+        print(f"ponder bench: warning: {BUSY_WARNING}", file=sys.stderr, flush=True)
+    kept_threads = torch.get_num_threads()
+    try:
+        for case in cases:
+            name = f"{_task_of(case)} {case.label}"
+            try:
+                case_row(report, case, timing)
+            except Exception as e:  # noqa: BLE001 - any failure is this case's, the rest run
+                report.fail(case, name, failure(e))
+            report.write(out)
+        if _profile_case is not False:
+            try:
+                with matmul_precision(False):
+                    report.profiles = profile_rows(dev, timing, _profile_case, cuda_graphs)
+            except Exception as e:  # noqa: BLE001
+                report.fail(None, "ACT ponder profiles", failure(e))
+        if dev.type == "cpu":
+            try:
+                report.neighbours = neighbour_rows(dev, timing, neighbours, threads, cuda_graphs)
+            except Exception as e:  # noqa: BLE001
+                report.fail(None, "beside a busy loop", failure(e))
+        report.load_end = choose_threads.busy_cores()
+        report.done = True
+        text = report.write(out)
+    finally:
+        torch.set_num_threads(kept_threads)
+    print(f"wrote {out} ({report.elapsed():.0f} s)", flush=True)
+    return Bench(text, report.failed)
+
+
+def case_row(report: Report, case: Case, timing: Timing) -> None:
+    """Time one case's paths and add its row to ``report``."""
+    quick, dev, all_ks = report.quick, report.device, report.ks
+    config = case.config(dev.type, report.cuda_graphs)
+    task_name = config.task
+    name = f"{task_name} {case.label}"
+    ks = [k for k in all_ks if k in (case.quick_ks if quick else case.ks)]
+    chosen = choose_threads.use(choose_threads.for_config(config, report.threads))
+    with matmul_precision(config.tf32):
         steps = {"naive": naive_step(config, dev), "single": single_step(config, dev)}
         steps.update({f"K={k}": ensemble_step(config, dev, k) for k in ks})
         got = measure_against(steps, "naive", dev, timing)
         del steps  # free the ensembles before the next case builds its own
-        naive, single = got["naive"][0], got["single"][0]
-        print(f"{name:<24} naive  {_rate(naive):>8} steps/s", flush=True)
-        print(f"{name:<24} single {_rate(single):>8} steps/s ({_ratio(got['single'][1])})")
-        cells = [case.label, _rate(naive), f"{_rate(single)} ({_ratio(got['single'][1])})"]
-        run_rates = []
-        for k in all_ks:
-            if k not in ks:
-                cells.append("skipped (quick)" if quick else "skipped")
-                print(f"{name:<24} K={k:<4} skipped{' (quick)' if quick else ''}", flush=True)
-                continue
-            rate, ratio = k * got[f"K={k}"][0], got[f"K={k}"][1] * k
-            run_rates.append(rate)
-            cells.append(f"{_rate(rate)} ({_ratio(ratio)})")
-            print(f"{name:<24} K={k:<4} {_rate(rate):>8} run-steps/s ({_ratio(ratio)})", flush=True)
-        rows.setdefault(task_name, []).append(cells)
-        # the rate a sweep gets: the faster of one run at a time and the best ensemble
-        best_ensemble.setdefault(task_name, []).append(max([single, *run_rates]))
-    profiles = profile_rows(dev, timing, _profile_case) if _profile_case is not False else []
-    elapsed = time.perf_counter() - started
-    text = _markdown(quick, dev, rows, best_ensemble, all_ks, elapsed, profiles)
-    Path(out).write_text(text)
-    print(f"wrote {out} ({elapsed:.0f} s)", flush=True)
-    return text
+    naive, single = got["naive"][0], got["single"][0]
+    print(f"{name:<24} naive  {_rate(naive):>8} steps/s ({_threads(chosen)})", flush=True)
+    print(f"{name:<24} single {_rate(single):>8} steps/s ({_ratio(got['single'][1])})")
+    label = f"{case.label} ({_threads(chosen)})"
+    cells = [label, _rate(naive), f"{_rate(single)} ({_ratio(got['single'][1])})"]
+    run_rates = []
+    for k in all_ks:
+        if k not in ks:
+            cells.append("skipped (quick)" if quick else "skipped")
+            print(f"{name:<24} K={k:<4} skipped{' (quick)' if quick else ''}", flush=True)
+            continue
+        rate, ratio = k * got[f"K={k}"][0], got[f"K={k}"][1] * k
+        run_rates.append(rate)
+        cells.append(f"{_rate(rate)} ({_ratio(ratio)})")
+        print(f"{name:<24} K={k:<4} {_rate(rate):>8} run-steps/s ({_ratio(ratio)})", flush=True)
+    report.rows.setdefault(task_name, []).append(cells)
+    # the rate a sweep gets: the faster of one run at a time and the best ensemble
+    report.best_ensemble.setdefault(task_name, []).append(max([single, *run_rates]))
 
 
-def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
+@dataclass
+class Report:
+    """The bench's results so far; ``write`` renders and writes them (after every case)."""
+
+    quick: bool
+    device: torch.device
+    ks: tuple[int, ...]
+    cuda_graphs: bool
+    threads: int | None
+    cases: int
+    rows: dict[str, list[list[str]]] = field(default_factory=dict)
+    best_ensemble: dict[str, list[float]] = field(default_factory=dict)
+    profiles: list[list[str]] = field(default_factory=list)
+    neighbours: list[list[str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    load: float = 0.0
+    load_end: float | None = None
+    done: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def fail(self, case: Case | None, name: str, reason: str) -> None:
+        """Record a failed case (its row says why) and print its one line."""
+        print(f"{name:<24} failed: {reason}", flush=True)
+        self.failed.append(f"{name}: {reason}")
+        if case is not None:
+            cell = "failed: " + reason.replace("|", "/")
+            row = [case.label, cell, *[""] * (1 + len(self.ks))]
+            self.rows.setdefault(_task_of(case), []).append(row)
+
+    def write(self, out: Path) -> str:
+        text = _markdown(self)
+        Path(out).write_text(text)
+        return text
+
+
+def _markdown(r: Report) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "ponder bench" + (" --quick" if quick else "") + f" --device {dev.type}"
+    command = "ponder bench" + (" --quick" if r.quick else "") + f" --device {r.device.type}"
+    command += "" if r.cuda_graphs else " --no-cuda-graphs"
+    command += "" if r.threads is None else f" --threads {r.threads}"
+    load = f"{choose_threads.describe_load(r.load)} when it started"
+    if r.load_end is not None:
+        load += f", {r.load_end:.1f} when it ended"
+    done = sum(len(rows) for rows in r.rows.values())
     lines = [
         "# ponder benchmarks",
         "",
         f"- date: {now}",
-        f"- machine: {_machine(dev)}",
-        f"- command: `{command}` ({elapsed:.0f} s)",
-        "",
+        f"- machine: {_machine(r.device)}",
+        f"- command: `{command}` ({r.elapsed():.0f} s"
+        + ("" if r.done else f", in progress: {done} of {r.cases} cases so far")
+        + ")",
+        f"- load: {load}; the threads of each case are those `ponder train` chooses",
     ]
+    if choose_threads.is_busy(max(r.load, r.load_end or 0.0)):
+        lines.append(f"- **warning**: {BUSY_WARNING}")
+    if r.failed:
+        lines.append(f"- **failed** ({len(r.failed)}): " + "; ".join(r.failed))
+    lines.append("")
     headers = ["case", "naive steps/s", "single steps/s (ratio)"]
-    headers += [f"K={k} run-steps/s (ratio)" for k in ks]
-    for task_name, task_rows in rows.items():
+    headers += [f"K={k} run-steps/s (ratio)" for k in r.ks]
+    for task_name, task_rows in r.rows.items():
         lines += [f"## {task_name}", ""]
         lines.append("| " + " | ".join(headers) + " |")
         lines.append("|" + "---|" * len(headers))
-        lines += ["| " + " | ".join(r) + " |" for r in task_rows]
+        lines += ["| " + " | ".join(row) + " |" for row in task_rows]
         lines.append("")
-    if best_ensemble.get("addition"):
-        rate = min(best_ensemble["addition"])  # the slowest addition case's best path
-        total = ADDITION_CONFIGS * ADDITION_SEEDS * ADDITION_STEPS
-        hours = total / rate / 3600
+    if r.best_ensemble.get("addition"):
+        rate = min(r.best_ensemble["addition"])  # the slowest addition case's best path
+        hours = projected_hours(rate)
         lines += [
             f"**Projected time for the addition table**: {ADDITION_CONFIGS} configurations x "
             f"{ADDITION_SEEDS} seeds x {ADDITION_STEPS:,} steps / {_rate(rate)} run-steps/s "
@@ -544,7 +722,7 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
             "This is an upper bound: runs stop when solved, most long before 2M steps.",
             "",
         ]
-    if profiles:
+    if r.profiles:
         k = len(PROFILES[0][1])
         lines += [
             f"## parity ACT ensembles of {k} by how their members ponder",
@@ -552,7 +730,7 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
             "| members | ms per step | run-steps/s | step time / all halt at once | "
             "rate vs a naive sweep of the same runs |",
             "|---|---|---|---|---|",
-            *("| " + " | ".join(r) + " |" for r in profiles),
+            *("| " + " | ".join(row) + " |" for row in r.profiles),
             "",
             "Before every timed step each member's halting unit is set to h = sigmoid(bias) "
             f"whatever its input (weights zero; bias {HALT_AT_ONCE:g}: halts at the first ponder "
@@ -561,6 +739,25 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
             "A ponder step computes only the members and samples still pondering, so one "
             "slow member no longer makes the others pay for its steps. The naive sweep trains "
             "the same members one after another with the naive reference.",
+            "",
+        ]
+    if r.neighbours:
+        lines += [
+            "## A single run beside a busy loop",
+            "",
+            "| case | quiet steps/s | beside one busy loop steps/s | slowdown | "
+            f"within {NEIGHBOUR_LIMIT}x |",
+            "|---|---|---|---|---|",
+            *("| " + " | ".join(row) + " |" for row in r.neighbours),
+            "",
+            "The single-run step (`ponder train`'s) timed on the machine as it is, then beside "
+            'a second process spinning on one core (`python -c "while True: pass"`), with the '
+            "threads chosen each time as `ponder train` chooses them then: one for networks "
+            "too small for a second thread to pay (parity's), whatever the load, and for larger "
+            "ones as many as pay and are free (`ponder/threads.py`). The target: within "
+            f"{NEIGHBOUR_LIMIT}x of the quiet speed. It means something only where the busy "
+            "loop finds a core of its own: with every core already busy, it halves the run's "
+            "share of the machine whatever the threads.",
             "",
         ]
     lines += [
@@ -595,12 +792,27 @@ def _markdown(quick, dev, rows, best_ensemble, ks, elapsed, profiles) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    """Exit status 0, 1 when some case failed (the others were measured and written), 2 when
+    nothing could start."""
     try:
-        run_bench(quick=args.quick, device=args.device, out=args.out)
-    except RunError as e:
+        got = run_bench(
+            quick=args.quick,
+            device=args.device,
+            out=args.out,
+            cuda_graphs=args.cuda_graphs,
+            threads=args.threads,
+        )
+    except (RunError, graphs.RecordError) as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return 1 if got.failed else 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (anything else is argparse's one-line error)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return int(text)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -608,10 +820,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="training throughput against a naive PyTorch reference",
-        description="Time naive, single-run and ensemble training steps; write BENCHMARKS.md.",
+        description="Time naive, single-run and ensemble training steps; write BENCHMARKS.md "
+        "(after every case). A case that fails is one line with its reason and the others run; "
+        "the exit status is then 1.",
     )
     p.add_argument("--quick", action="store_true", help="fewer steps; under 2 minutes on a CPU")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown to write")
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="on a CUDA GPU, time every step eagerly instead of replaying CUDA graphs",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        help="CPU threads for every case (default: each case's, chosen as ponder train does)",
+    )
     p.set_defaults(func=_cmd_bench)
     return p

@@ -29,6 +29,12 @@ EXIT_DIVERGED = 3
 EXIT_ENVIRONMENT = 4
 EXIT_INTERRUPTED = 130
 
+THREADS_HELP = (
+    "CPU threads (default: one for networks too small for a second to pay, such as parity's; "
+    "for larger ones as many as pay and are free now); with the same count a CPU run is "
+    "bitwise repeatable"
+)
+
 # --flag -> task option: the task size options (integers), and parity's positions
 TASK_FLAGS = {
     "bits": "parity: input bits (64)",
@@ -111,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for name in TASK_FLAGS:
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    skip = {"config", "command", "out", "func", *TASK_FLAGS}
+    skip = {"config", "command", "out", "func", "threads", *TASK_FLAGS}
     for k, v in vars(args).items():
         if k not in skip and v is not None:
             data[k] = v
@@ -121,11 +127,13 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import train
+    from . import threads, train
 
     config = config_from_args(args)
     out = args.out or Path("runs") / f"{config.task}-{run_name(config)}"
     print(f"ponder train: {config.task}, {config.model} ({config.cell}), -> {out}", flush=True)
+    chosen = threads.use(threads.for_config(config, args.threads))
+    print(f"threads: {chosen.threads} ({chosen.why})", flush=True)
     summary = train.run(config, out)
     _print_summary(summary, out)
     return EXIT_DIVERGED if summary.get("diverged") else 0
@@ -228,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run", description="Train one run.")
     _add_train_flags(p)
+    p.add_argument("--threads", type=_number(int, 1), help=THREADS_HELP)
     p.add_argument(
         "--out",
         type=Path,

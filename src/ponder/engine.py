@@ -16,8 +16,9 @@ is the paper's Adam. Every random number comes from a generator seeded from the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,11 +49,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def set_matmul_precision(config: RunConfig, device: torch.device) -> None:
-    """TF32 matmuls (and cuDNN convolutions/RNNs) on a CUDA GPU when the config opts in."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = config.tf32
-        torch.backends.cudnn.allow_tf32 = config.tf32
+@contextlib.contextmanager
+def matmul_precision(tf32: bool) -> Iterator[None]:
+    """Both of PyTorch's process-wide TF32 switches, cuBLAS matmuls and cuDNN (the fused RNN
+    kernels), set to ``tf32`` for the block and restored after it.
+
+    PyTorch's defaults differ (matmuls off, cuDNN on), so a step that set only one, or set them
+    only in training, would run the bench's cuDNN kernels in TF32 and training's in float32,
+    and a test's numbers would depend on which test ran before it. Training and the bench both
+    run inside this block, with the config's ``tf32`` (off unless a run opts in); on a CPU the
+    switches have no effect."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    old = matmul.allow_tf32, cudnn.allow_tf32
+    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = old
 
 
 def uses_graphs(config: RunConfig, device: torch.device) -> bool:

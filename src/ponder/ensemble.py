@@ -41,6 +41,11 @@ from .models import ModelSpec, TaskNet, pondernet_head
 from .pondernet import expected_steps, log_halting, sample_halting
 from .tanh import tanh
 
+# Devices whose PonderNet tanh steps take the hand-written backward (``fused_pondernet``); a
+# GPU records the autograd unroll as a CUDA graph instead (the tests empty it to check that path
+# on a CPU).
+HAND_WRITTEN_PONDERNET = {"cpu"}
+
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-run ``x @ w.T + b``: x ``[K, ..., I]``, w ``[K, O, I]``, b ``[K, O]``."""
@@ -216,7 +221,7 @@ class Ensemble(nn.Module):
         w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
         g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
         b_gh = None if fold else b_hh
-        if self.spec.cell == "rnn" and x.device.type == "cpu":  # the hand-written backward
+        if self.spec.cell == "rnn" and x.device.type in HAND_WRITTEN_PONDERNET:
             return self._pondernet_tanh(g_tokens, w_flag, w_hh, w_halt, b_halt, uniforms)
         state = self._zero_state(x)
         outs, log_p, halting = [], [], []

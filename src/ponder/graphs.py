@@ -8,8 +8,10 @@ computation as the eager step, on the same batches (a registered generator advan
 replay exactly as the eager draws would advance it).
 
 The first ``WARMUP`` steps run eagerly (on a GPU, on a side stream, as PyTorch's recipe has it);
-they allocate the gradients and Adam's state that the graphs then update in place. The graphs
-are recorded on the step after.
+they allocate the gradients and Adam's state that the graphs then update in place, and they run
+the computation that is then recorded, so that what it sets up on first use (cuBLAS workspaces,
+autograd's buffers for these shapes) is set up before recording. The graphs are recorded on the
+step after.
 
 ACT needs the host to see when every sample has halted, which a graph cannot. Its step is two
 graphs: the batch and the gradients with a fixed unroll U (``ponder.act``), then the update. In
@@ -17,14 +19,20 @@ between the host reads one flag, ``overflow`` (one sync per step; eager ACT has 
 step). If some sample needed more than U steps, the gradients of the same batch are recomputed
 eagerly and exactly before the update runs, and U is raised to that sample's N plus a margin
 and the first graph recorded again. At log steps the largest N of the window may shrink U, so
-the unroll follows what the network currently needs. The result is always exact ACT.
+the unroll follows what the network currently needs. The result is always exact ACT. ACT's first
+warm-up step is the exact eager step (its largest N sets the first U); the others run the two
+functions the graphs record, the autograd unroll over U steps and the update, eagerly, with the
+same exact redo (an eager ACT step would take the tanh RNN's hand-written backward instead,
+``fused.py``, and warm up kernels the graph never runs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 WARMUP = 3  # eager steps before recording: PyTorch's recipe, and Adam's state must exist
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -108,11 +116,11 @@ class Stepper:
             return self._eager_step()
         if self.calls <= WARMUP:
             if not self.window.is_cuda:
-                return self._eager_step()
+                return self._warm_step()
             side = _capture_stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._eager_step()
+                self._warm_step()
             torch.cuda.current_stream().wait_stream(side)
             return None
         if self._graph is None:
@@ -122,6 +130,14 @@ class Stepper:
             self.last = self._graph.outputs
             return None
         return self._act_step()
+
+    def _warm_step(self) -> None:
+        """A warm-up step: eager, and for ACT after the first one the recorded computation."""
+        if self.max_ponder is None or self.calls == 1:
+            return self._eager_step()
+        if self.unroll is None:
+            self.unroll = min(self.max_ponder, self._seen + margin(self._seen))
+        return self._act_step(warm=True)
 
     # ---- graphs
 
@@ -176,16 +192,22 @@ class Stepper:
     def _current_grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self._params()]
 
-    def _act_step(self) -> None:
-        self._graph.replay()
-        x, y, task_loss, logits = self._graph.outputs
+    def _act_step(self, warm: bool = False) -> None:
+        """ACT's step from its two graphs, or with ``warm`` from the functions they record,
+        called eagerly (a warm-up step); a step that overflowed U is redone exactly."""
+        if warm:
+            x, y, task_loss, logits = self._act_gradients()
+        else:
+            self._graph.replay()
+            x, y, task_loss, logits = self._graph.outputs
         if bool(self._overflow):  # the one host sync: some sample needed more than U steps
             loss, info = self._eager((x, y))  # the same batch, exactly
             with torch.no_grad():
-                for p, buf in zip(self._params(), self._grads, strict=True):
-                    if p.grad is not buf:  # the update graph reads these buffers
-                        buf.copy_(p.grad)
-                        p.grad = buf
+                if not warm:  # the update graph reads the recorded gradient buffers
+                    for p, buf in zip(self._params(), self._grads, strict=True):
+                        if p.grad is not buf:
+                            buf.copy_(p.grad)
+                            p.grad = buf
                 self._terms.copy_(self.terms(loss, info))
                 need = int(info["ponder_steps"].max())
             # need > U >= every N this window's replays saw (U only grows within a window)
@@ -194,7 +216,10 @@ class Stepper:
             self._resize(need)
         else:
             self.last = (task_loss, logits, y)
-        self._update.replay()
+        if warm:
+            self._act_update()
+        else:
+            self._update.replay()
 
     def _resize(self, need: int) -> None:
         """Set U for a largest N of ``need``; the gradients' graph is recorded again."""
@@ -249,10 +274,80 @@ class CudaGraph:
 class Emulated:
     """A stand-in for ``CudaGraph`` on any device: ``replay()`` calls ``fn``, and ``outputs``
     are its latest results. The logic around the graphs (ACT's overflow, re-recording) is the
-    same, so a CPU can test it."""
+    same, so a CPU can test it; and ``fn`` runs under ``HostData``, so a CPU also finds the
+    host-to-device copies that CUDA graph capture refuses."""
 
     def __init__(self, fn: Callable[[], object], generators: list[torch.Generator]) -> None:
         self.fn, self.outputs = fn, None
 
     def replay(self) -> None:
-        self.outputs = self.fn()
+        with HostData():
+            self.outputs = self.fn()
+
+
+class CaptureError(RuntimeError):
+    """A recorded step made a tensor from host data (``HostData``)."""
+
+
+# Functions that make a tensor from their first argument's data: from Python numbers or lists
+# (or NumPy arrays) the data is on the host, and on a GPU the tensor is a host-to-device copy.
+_FROM_DATA = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.asarray,
+    torch.from_numpy,
+    torch.Tensor.new_tensor,
+}
+# Methods that move a tensor to a device given as an argument.
+_MOVES = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.copy_}
+
+
+class HostData(TorchFunctionMode):
+    """Fails, with a ``CaptureError`` naming the call, on what a CUDA graph cannot record: a
+    tensor made from Python numbers, lists or NumPy data (``torch.tensor(0.2)``,
+    ``torch.as_tensor(lambda_p, device=...)``), and a CPU tensor moved or copied to a device
+    (``.to(device)``, ``.cuda()``, ``copy_(cpu_tensor)``). On a GPU each is a copy from
+    unpinned host memory, which capture refuses (or, pinned, records a copy of the value seen
+    while recording). A step that runs on a CPU is checked for the same calls: there "the
+    device" is the CPU, so any explicit move of a CPU tensor counts, as it would be a copy
+    from the host on a GPU. Scalars as operands (``x * 0.5``, ``torch.where(m, 0.0, x)``,
+    ``torch.full``) are kernel arguments, not copies, and pass.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:
+        kwargs = kwargs or {}
+        if func in _FROM_DATA:
+            data = args[1] if func is torch.Tensor.new_tensor else args[0] if args else None
+            if not isinstance(data, torch.Tensor):
+                raise CaptureError(
+                    f"{_name(func)} of {type(data).__name__} data inside a recorded step: "
+                    "a copy from the host, which CUDA graph capture refuses"
+                )
+            if data.device.type == "cpu" and _target(func, args[1:], kwargs) is not None:
+                raise CaptureError(f"{_name(func)} moves a CPU tensor to a device inside a step")
+        elif func in _MOVES and args and isinstance(args[0], torch.Tensor):
+            if func is torch.Tensor.copy_:
+                src = args[1] if len(args) > 1 else kwargs.get("src")
+                if isinstance(src, torch.Tensor) and src.device != args[0].device:
+                    raise CaptureError("copy_ from a CPU tensor to a device inside a step")
+            elif args[0].device.type == "cpu" and (
+                func is torch.Tensor.cuda or _target(func, args[1:], kwargs) is not None
+            ):
+                raise CaptureError(f"{_name(func)} moves a CPU tensor to a device inside a step")
+        return func(*args, **kwargs)
+
+
+def _name(func: Callable) -> str:
+    return getattr(func, "__name__", repr(func))
+
+
+def _target(func: Callable, args: tuple, kwargs: dict) -> object | None:
+    """The device a ``to``/``as_tensor`` call names (a device, a string, or a tensor), else
+    None: ``.to(torch.float64)`` changes the type only."""
+    if kwargs.get("device") is not None:
+        return kwargs["device"]
+    if func is torch.Tensor.to:
+        for a in args:
+            if isinstance(a, torch.device | str | torch.Tensor) or type(a) is int:
+                return a
+    return None

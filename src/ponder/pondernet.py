@@ -27,6 +27,8 @@ state at the halting step n* (ponder's extension; the paper defines one input).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -56,14 +58,23 @@ def sample_halting(lambdas: torch.Tensor, uniforms: torch.Tensor) -> torch.Tenso
 
 def log_prior(lambda_p: float | torch.Tensor, steps: int, like: torch.Tensor) -> torch.Tensor:
     """log p_G^n for n = 1..N: the geometric prior truncated to N steps and renormalised;
-    ``lambda_p`` a float or a tensor broadcasting against ``like``'s leading shape."""
-    lam = torch.as_tensor(lambda_p, dtype=like.dtype, device=like.device).unsqueeze(-1)
+    ``lambda_p`` a float or a tensor broadcasting against ``like``'s leading shape.
+
+    A float stays a Python number (its logs are taken with ``math``): a tensor made from it
+    here would be a copy from the host inside the training step, which a CUDA graph cannot
+    record (``graphs.HostData``)."""
     n = torch.arange(steps, dtype=like.dtype, device=like.device)  # n - 1
-    log_q = torch.log1p(-lam)  # log(1 - lambda_p); -inf at lambda_p = 1
+    if isinstance(lambda_p, torch.Tensor):
+        lam = lambda_p.to(like.dtype).unsqueeze(-1)
+        log_lam, log_q = torch.log(lam), torch.log1p(-lam)  # log(1 - lambda_p); -inf at 1
+        norm = torch.log(-torch.expm1(steps * log_q))  # log(1 - (1 - lambda_p)^N)
+    else:
+        lam = float(lambda_p)
+        log_lam, log_q = math.log(lam), math.log1p(-lam) if lam < 1 else -math.inf
+        norm = math.log(-math.expm1(steps * log_q))
     # (n - 1) log(1 - lambda_p), with 0 * -inf taken as 0 at n = 1
     tail = torch.where(n == 0, 0.0, n * log_q)
-    norm = torch.log(-torch.expm1(steps * log_q))  # log(1 - (1 - lambda_p)^N)
-    return torch.log(lam) + tail - norm
+    return log_lam + tail - norm
 
 
 def regulariser(log_p: torch.Tensor, lambda_p: float | torch.Tensor) -> torch.Tensor:

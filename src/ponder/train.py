@@ -33,8 +33,8 @@ from .engine import (
     Single,
     build,
     eval_sets,
+    matmul_precision,
     resolve_device,
-    set_matmul_precision,
     uses_graphs,
 )
 from .models import TaskNet
@@ -245,12 +245,12 @@ def _train(
     c0 = members[0].config
     try:
         device = resolve_device(c0.device)
-        set_matmul_precision(c0, device)
-        eng = _engine([m.config for m in members], ckpts, device, stacked)
-        for m in members:
-            m.open_log()
-        _record(eng, members, step, device)
-        _loop(eng, members, step, device)
+        with matmul_precision(c0.tf32):
+            eng = _engine([m.config for m in members], ckpts, device, stacked)
+            for m in members:
+                m.open_log()
+            _record(eng, members, step, device)
+            _loop(eng, members, step, device)
     finally:
         for m in members:
             m.close()
@@ -305,6 +305,7 @@ def _record(eng: Engine, members: list[Member], step: int, device: torch.device)
         "device": str(device),
         "cuda_graphs": uses_graphs(members[0].config, device),
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),  # CPU threads: they can change a sum's order
     }
     for m, reseeded in zip(members, eng.reseeded, strict=True):
         rundir.record_engine(m.dir, {**record, "data_reseeded": reseeded})
