@@ -17,8 +17,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-if ! "$py" -c 'import torch, yaml, scipy' 2>/dev/null; then
-    echo "gpu-check: $py cannot import torch, yaml and scipy; set PYTHON to a Python that can" >&2
+if ! "$py" -c 'import torch, yaml, scipy, tqdm, pytest, torch.utils.tensorboard' 2>/dev/null; then
+    echo "gpu-check: $py cannot import torch, yaml, scipy, tqdm, pytest and tensorboard; set PYTHON to a Python that can" >&2
     exit 2
 fi
 exec "$py" -m ponder.gpucheck --out "${OUT:-gpu-check}" "$@"

@@ -94,7 +94,7 @@ def test_smoke_run_as_subprocess_then_sigkill_and_resume(tmp_path):
     argv = [sys.executable, "-m", "ponder.cli", "train", *TINY, "--model", "act",
             "--checkpoint-every", "1", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen([*argv, "--steps", "100000"], stdout=subprocess.PIPE)
-    deadline = time.time() + 60
+    deadline = time.time() + 600
     while time.time() < deadline and len(rundir.read_metrics(out)) < 3:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)

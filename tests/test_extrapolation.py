@@ -420,24 +420,60 @@ def test_held_out_reads_each_sets_last_row(tmp_path):
     assert matched.cost(run) == 4.5 and matched.cost(run, "extrapolation") == 9.0
 
 
-def test_matched_rows_pair_each_adaptive_configuration_with_repeat_at_round_half_up(tmp_path):
-    assert float(np.mean([2.4, 2.6])) == 2.5 and round(2.5) == 2  # Python's round would say 2
-    assert float(np.mean([4.5, 4.7])) == pytest.approx(4.6)
+def test_matched_rows_pair_each_adaptive_cost_with_repeat_at_floor_and_ceil_per_set(tmp_path):
     pairs = {
-        m.adaptive.model: m for m in matched.matched_rows(config_rows(matched_sweep(tmp_path)))
+        (m.adaptive.model, m.set_name): m
+        for m in matched.matched_rows(config_rows(matched_sweep(tmp_path)))
     }
-    assert set(pairs) == {"act", "pondernet"}  # fixed models are not paired themselves
-    act, pn = pairs["act"], pairs["pondernet"]
+    # fixed models are not paired themselves; every adaptive configuration on every set
+    assert set(pairs) == {(a, s) for a in ("act", "pondernet") for s in ("eval", "extrapolation")}
+    act = pairs["act", "eval"]
     assert act.cost == pytest.approx(2.5) and act.cost_range == pytest.approx((2.4, 2.6))
-    assert act.rho == 3
-    assert act.fixed is not None and (act.fixed.model, act.fixed.rho) == ("repeat", 3)
-    assert len(act.fixed.runs) == 3
-    assert pn.cost == pytest.approx(4.6) and pn.rho == 5 and pn.fixed is None
+    assert [n.rho for n in act.neighbours] == [2, 3]
+    low, high = act.neighbours
+    assert (low.fixed.model, low.fixed.rho, high.fixed.rho) == ("repeat", 2, 3)
+    assert len(high.fixed.runs) == 3
+    # ACT's seeds 0, 1 (1.0, 0.99) against Repeat rho=2's (0.5, 0.5): paired, +49.5 points
+    assert low.difference.paired and low.difference.n == 2
+    assert low.difference.mean == pytest.approx(0.495)
+    pn = pairs["pondernet", "eval"]
+    assert pn.cost == pytest.approx(4.6) and [n.rho for n in pn.neighbours] == [4, 5]
+    assert all(n.fixed is None and n.difference is None for n in pn.neighbours)
+    # on the extrapolation set the cost is the set's own: 7.0 (whole: one neighbour), 9.0
+    assert [n.rho for n in pairs["act", "extrapolation"].neighbours] == [7]
+    assert [n.rho for n in pairs["pondernet", "extrapolation"].neighbours] == [9]
 
 
-@pytest.mark.parametrize("c, rho", [(0.4, 1), (1.49, 1), (1.5, 2), (2.5, 3), (3.5, 4), (4.49, 4)])
-def test_round_half_up(c, rho):
-    assert matched.round_half_up(c) == rho
+@pytest.mark.parametrize(
+    "c, rhos", [(0.4, [1]), (1.0, [1]), (1.3, [1, 2]), (2.5, [2, 3]), (3.0, [3]), (8.2, [8, 9])]
+)
+def test_neighbours_on_both_sides(c, rhos):
+    assert matched.neighbours_of(c) == rhos
+
+
+def test_the_difference_interval_is_the_paired_t_or_welchs():
+    from scipy import stats
+
+    a = {0: 0.90, 1: 0.95, 2: 0.80, 3: 0.99, 4: 0.85}
+    f = {0: 0.70, 1: 0.90, 2: 0.75, 3: 0.80, 4: 0.82}
+    d = matched.difference(a, f)
+    diffs = np.array([a[s] - f[s] for s in a])
+    lo, hi = stats.ttest_rel(list(a.values()), list(f.values())).confidence_interval(0.95)
+    assert d.paired and d.n == 5 and d.mean == pytest.approx(diffs.mean())
+    assert (d.low, d.high) == (pytest.approx(lo), pytest.approx(hi))
+    assert d.verdict() == "better"
+    assert matched.difference(f, a).verdict() == "worse"
+    # no seeds in common: Welch's interval
+    g = {10 + s: v for s, v in f.items()}
+    w = matched.difference(a, g)
+    res = stats.ttest_ind(list(a.values()), list(g.values()), equal_var=False)
+    lo, hi = res.confidence_interval(0.95)
+    assert not w.paired and (w.low, w.high) == (pytest.approx(lo), pytest.approx(hi))
+    # an interval that spans zero says so, with n
+    same = matched.difference({0: 0.9, 1: 0.8, 2: 0.85}, {0: 0.85, 1: 0.86, 2: 0.84})
+    assert same.low < 0 < same.high
+    assert same.verdict() == "no difference detected at n = 3 seeds"
+    assert matched.difference({0: 0.9}, {0: 0.8}) is None  # one seed: no interval
 
 
 def wilson(k, n, z=1.959963984540054):
@@ -465,30 +501,19 @@ def test_report_shows_the_matched_table_and_the_missing_baseline(tmp_path):
     sw = matched_sweep(tmp_path)
     text = report.build_report(sw, difficulty_samples=0).read_text()
     section, head, body = table(text)
-    rows = {r[0]: r for r in body}
-    act = next(r for label, r in rows.items() if label.startswith("ACT"))
-    pn = next(r for label, r in rows.items() if label.startswith("PonderNet"))
-    assert len(body) == 2
-    inside = ("in distribution", "eval")
-    cols = {
-        ("eval", "a"): column(head, inside, "adaptive"),
-        ("eval", "r"): column(head, inside, "Repeat"),
-        ("ext", "a"): column(head, ("extrapolation",), "adaptive"),
-        ("ext", "r"): column(head, ("extrapolation",), "Repeat"),
-    }
-    assert "rho=3" in " ".join(act) and "2.50" in " ".join(act)
-    assert act[cols["eval", "a"]].startswith("2/2 ")
-    assert "99.5%" in act[cols["eval", "a"]]  # the median of 1.0 and 0.99
-    assert act[cols["eval", "r"]].startswith("2/3 ")
-    assert act[cols["ext", "a"]].startswith("0/2 ")
-    assert act[cols["ext", "r"]].startswith("1/3 ")
+    assert head[:3] == ["adaptive configuration", "held-out set", "steps per token c (range)"]
+    act = [r for r in body if r[0].startswith("ACT") and r[1] == "in distribution"]
+    assert [r[4] for r in act] == ["Repeat rho=2", "Repeat rho=3"]
+    assert "2.50 (2.40-2.60)" == act[0][2]
+    assert act[0][3].startswith("2/2 ") and "99.5%" in act[0][3]  # the median of 1.0, 0.99
+    assert act[1][5].startswith("2/3 ")
     lo, hi = wilson(2, 3)
-    assert f"[{lo:.2f}, {hi:.2f}]" in act[cols["eval", "r"]]
-    assert "4.60" in " ".join(pn) and "rho=5" in " ".join(pn)
-    assert pn[cols["eval", "a"]].startswith("1/2 ")
-    assert pn[cols["ext", "a"]].startswith("2/2 ")
-    assert not pn[cols["eval", "r"]][:1].isdigit() and not pn[cols["ext", "r"]][:1].isdigit()
-    assert "{model: repeat, rho: [5]}" in section
+    assert f"[{lo:.2f}, {hi:.2f}]" in act[1][5]
+    assert act[0][6].startswith("+49.5%") and act[0][7] == "better"
+    pn = [r for r in body if r[0].startswith("PonderNet") and r[1] == "in distribution"]
+    assert [r[4] for r in pn] == ["none at rho=4", "none at rho=5"]
+    assert "{model: repeat, rho: [5]}" in section and "{model: repeat, rho: [4]}" in section
+    assert "{model: repeat, rho: [9]}" in section  # PonderNet's extrapolation cost, 9.0
     assert "{model: repeat, rho: [3]}" not in section
     assert (sw / "figures" / "parity-frontier.png").exists()
     assert "parity-frontier.png" in text
@@ -512,17 +537,18 @@ def test_the_report_carries_every_set_for_every_configuration(tmp_path):
     assert act_csv["eval_solved"] == "2/2" and act_csv["extrapolation_solved"] == "0/2"
 
 
-def test_a_cost_near_one_pairs_with_the_rnn(tmp_path):
+def test_a_cost_near_one_pairs_with_the_rnn_and_repeat_2(tmp_path):
     sw = tmp_path / "sweep"
     for seed, c in [(0, 1.1), (1, 1.3)]:
         make_run(sw, f"act-s{seed}", model="act", tau=0.1, seed=seed, held_out={"eval": (1.0, c)})
     make_run(sw, "rnn", model="rnn", held_out={"eval": (0.5, 1.0)})
     make_run(sw, "rep2", model="repeat", rho=2, held_out={"eval": (0.5, 2.0)})
     (pair,) = matched.matched_rows(config_rows(sw))
-    assert pair.cost == pytest.approx(1.2) and pair.rho == 1
-    assert pair.fixed is not None and pair.fixed.model == "rnn"
+    assert pair.cost == pytest.approx(1.2)
+    assert [(n.fixed.model, n.rho) for n in pair.neighbours] == [("rnn", 1), ("repeat", 2)]
+    assert all(n.difference is None for n in pair.neighbours)  # one fixed seed: no interval
     section = table(report.build_report(sw, difficulty_samples=0).read_text())[0]
-    assert "No Repeat run" not in section
+    assert "No Repeat run" not in section and "too few seeds" in section
 
 
 def test_a_missing_rnn_is_named_as_its_grid_line(tmp_path):
@@ -530,7 +556,7 @@ def test_a_missing_rnn_is_named_as_its_grid_line(tmp_path):
     make_run(sw, "act", model="act", tau=0.1, held_out={"eval": (1.0, 1.2)})
     make_run(sw, "rep2", model="repeat", rho=2, held_out={"eval": (0.5, 2.0)})
     (pair,) = matched.matched_rows(config_rows(sw))
-    assert pair.rho == 1 and pair.fixed is None
+    assert [n.rho for n in pair.neighbours] == [1, 2] and pair.neighbours[0].fixed is None
     assert "{model: rnn}" in table(report.build_report(sw, difficulty_samples=0).read_text())[0]
 
 
@@ -540,7 +566,7 @@ def test_baselines_of_another_problem_are_not_paired(tmp_path):
     make_run(sw, "rep2-32", model="repeat", rho=2, task_options={"bits": 32},
              held_out={"eval": (1.0, 2.0)})  # fmt: skip
     (pair,) = matched.matched_rows(config_rows(sw))
-    assert pair.rho == 2 and pair.fixed is None
+    assert [n.rho for n in pair.neighbours] == [2] and pair.neighbours[0].fixed is None
 
 
 def test_old_runs_without_steps_have_no_frontier_and_no_matched_table(tmp_path):
@@ -674,3 +700,24 @@ def test_elements_only_for_extrapolation(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["reproduce", "parity", "--elements", "16", "--out", str(out)]) == 2
     assert "--elements" in capsys.readouterr().err
+
+
+def test_the_k_figure_probes_every_k_inside_and_beyond_training(tiny, tmp_path):
+    sw = tmp_path / "sweep"
+    over = {
+        "task_options": {"bits": 6, "max_nonzero": 3, "positions": "random"},
+        "eval_sets": {"extrapolation": {"min_nonzero": 4, "max_nonzero": 6}},
+        "steps": 20,
+    }
+    for seed in (0, 1):
+        train.run(tiny(model="repeat", rho=3, seed=seed, **over), sw / f"rep3-s{seed}")
+        train.run(tiny(model="act", seed=seed, **over), sw / f"act-s{seed}")
+    ks, acc, steps = results.probe_by_k(sw / "rep3-s0", 40, 0)
+    assert ks.tolist() == [1, 2, 3, 4, 5, 6]
+    assert np.all((acc >= 0) & (acc <= 1)) and np.all(steps == 3.0)  # Repeat computes rho
+    again = results.probe_by_k(sw / "rep3-s0", 40, 0)
+    assert all(np.array_equal(a, b) for a, b in zip((ks, acc, steps), again, strict=True))
+    _, _, act_steps = results.probe_by_k(sw / "act-s0", 40, 0)
+    assert np.all(act_steps >= 1.0)
+    text = report.build_report(sw, difficulty_samples=20).read_text()
+    assert (sw / "figures" / "parity-by-k.png").exists() and "parity-by-k.png" in text

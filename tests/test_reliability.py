@@ -386,3 +386,19 @@ def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def test_a_worker_leaves_a_run_another_process_writes_as_it_is(tiny, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train.run(tiny(steps=20), run_dir)
+    (run_dir / rundir.RUNNING).touch()  # the other writer's marker
+    child = _holder(run_dir)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        sweep.execute_job([(tiny(steps=40), run_dir)])
+    finally:
+        child.kill()
+        child.wait()
+    assert str(child.pid) in capsys.readouterr().err
+    assert not (run_dir / rundir.ERROR).exists() and (run_dir / rundir.RUNNING).exists()
+    assert rundir.read_summary(run_dir)["step"] == 20

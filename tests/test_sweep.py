@@ -141,7 +141,7 @@ def test_sweep_killed_midway_resumes_to_the_same_result(tmp_path, tiny_grid):
     out = tmp_path / "cut"
     proc = subprocess.Popen([*cmd, "--out", str(out)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while time.time() < deadline and not list(out.glob("*/checkpoint.pt")):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, mid-way
@@ -203,7 +203,7 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(
 ):
     small = tmp_path / "small.yaml"
     small.write_text(  # three RNN runs of a few seconds each, trained one after another
-        tiny_grid.replace("seeds: 2", "seeds: 3").replace("budget: 40", "budget: 300")
+        tiny_grid.replace("seeds: 2", "seeds: 3").replace("budget: 40", "budget: 1000")
         .replace("  - {model: act, tau: [0.1, 0.01]}\n", "")
         .replace("  - {model: repeat, rho: [2, 3]}\n", "")
     )  # fmt: skip
@@ -212,7 +212,7 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(
            "--jobs", "1", "--batch", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first, queued = out / "rnn-seed0", [out / "rnn-seed1", out / "rnn-seed2"]
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while not rundir.read_metrics(first):
         assert proc.poll() is None and time.time() < deadline, "the first run never logged"
         time.sleep(0.05)
@@ -220,11 +220,11 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(
     assert len(workers) == 1, workers
     proc.send_signal(sig)  # the sweep only, as `kill -INT` (or `kill`); not its workers
     try:
-        _, err = proc.communicate(timeout=30)  # a liveness bound, not a timing
+        _, err = proc.communicate(timeout=120)  # a liveness bound, not a timing
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        pytest.fail("the sweep did not stop within 30 s of Ctrl-C")
+        pytest.fail("the sweep did not stop within 120 s of Ctrl-C")
     assert proc.returncode == 130, err[-2000:]
     assert err.splitlines().count(INTERRUPTED) == 1 and "Traceback" not in err, err[-2000:]
     assert err.rstrip("\n").endswith(INTERRUPTED)
@@ -241,7 +241,7 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(
     assert again.returncode == 0, again.stderr[-2000:]
     assert "3 done" in again.stdout
     for run_dir in [first, *queued]:  # the first resumed from its checkpoint, without gaps
-        assert [r["step"] for r in rundir.read_metrics(run_dir)] == list(range(10, 310, 10))
+        assert [r["step"] for r in rundir.read_metrics(run_dir)] == list(range(10, 1010, 10))
 
 
 def test_bad_jobs_and_batch_are_config_errors(grid_file, tmp_path):

@@ -500,7 +500,9 @@ def failure(e: BaseException) -> str:
 def busy_loop() -> Iterator[subprocess.Popen]:
     """A second process spinning on one core for the block (the neighbour of ``neighbours``);
     ended, by its handle, when the block ends."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # It spins while its parent lives: a bench killed outright leaves no loop behind.
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    proc = subprocess.Popen([sys.executable, "-c", spin])
     try:
         time.sleep(0.5)  # started, and seen by the load sample that chooses the threads
         yield proc

@@ -11,6 +11,9 @@
     addition-ponder-position.png    trained ACT's repetitions per input position (figure 4)
     <task>-ponder-difficulty.png    trained ACT's repetitions against input difficulty (Graves
                                     2016: harder inputs are pondered longer)
+    parity-by-k.png                 trained networks' accuracy and steps per token against the
+                                    number of non-zero elements k, 1 to bits, the training range
+                                    shaded (parity sweeps with held-out sets beyond it)
 
 Curves are each run's own smoothing (the paper's criterion), drawn thin per seed under the median
 over seeds with a 25th-75th percentile band. Curves over seeds drop no seed (SPEC.md, "Statistics
@@ -28,8 +31,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from . import metrics, rundir
-from .results import ADAPTIVE, ConfigRow, RunResult, probe_ponder, quartiles
+from . import metrics, rundir, tasks
+from .results import ADAPTIVE, ConfigRow, RunResult, probe_by_k, probe_ponder, quartiles
 from .rundir import RunError
 
 matplotlib.use("Agg")  # headless: reports are built on servers and in CI, before pyplot loads
@@ -358,6 +361,63 @@ def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
     return True
 
 
+BY_K_SAMPLES = 250  # fresh sequences per number of non-zero elements k
+
+
+def plot_by_k(
+    rows: list[ConfigRow], probes: dict[Path, tuple[np.ndarray, ...]], path: Path
+) -> bool:
+    """Accuracy (top) and steps per token (bottom) against k, the number of non-zero elements,
+    a column per method and a line per configuration (median over seeds, band 25th-75th
+    percentile), the training range shaded: where does each method fail, and does adaptive
+    computation spend more steps on larger k, inside and beyond the training range?"""
+    mine = [row for row in rows if any(r.path in probes for r in row.runs)]
+    methods = [m for m in METHOD_COLORS if any(row.model == m for row in mine)]
+    if not methods:
+        return False
+    fig, axes = plt.subplots(
+        2, len(methods), figsize=(4.2 * len(methods), 7), sharex=True, squeeze=False
+    )
+    for col, method in enumerate(methods):
+        lines = [row for row in mine if row.model == method]
+        for row, color in zip(lines, _colors(len(lines)), strict=True):
+            seeds = [probes[r.path] for r in row.runs if r.path in probes]
+            ks = seeds[0][0]
+            for panel, values in ((0, [s[1] for s in seeds]), (1, [s[2] for s in seeds])):
+                q = np.percentile(np.array(values), [25, 50, 75], axis=0)
+                ax = axes[panel][col]
+                ax.plot(ks, q[1], marker="o", ms=2.5, color=color,
+                        label=f"{row.short_label} ({len(seeds)} seeds)")  # fmt: skip
+                ax.fill_between(ks, q[0], q[2], color=color, alpha=0.18, lw=0)
+        task = tasks.make("parity", **lines[0].runs[0].config.task_options)
+        low, high = task.min_nonzero, task.max_nonzero
+        for panel in (0, 1):
+            ax = axes[panel][col]
+            ax.axvspan(low - 0.5, high + 0.5, color="0.85", zorder=0, lw=0)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0][col].set_title(matched_name(method), fontsize="medium")
+        axes[0][col].set_ylim(0.3, 1.02)
+        axes[0][col].axhline(0.5, color="0.5", lw=0.8, ls=":")
+        axes[1][col].set_xlabel("non-zero elements k (shaded: the training range)")
+        _legend(axes[0][col])
+    axes[0][0].set_ylabel("accuracy at k")
+    axes[1][0].set_ylabel("steps per token computed at k")
+    fig.suptitle(
+        f"parity: trained networks at every k ({BY_K_SAMPLES} fresh sequences per k); median "
+        "over seeds, band 25th-75th percentile; dotted: chance",
+        fontsize="medium",
+    )
+    _save(fig, path)
+    return True
+
+
+def matched_name(model: str) -> str:
+    from . import matched
+
+    return matched.METHOD_NAMES.get(model, model)
+
+
 def build_figures(
     rows: list[ConfigRow], out_dir: Path, difficulty_samples: int, generator_seed: int
 ) -> tuple[list[tuple[str, str]], list[str]]:
@@ -437,4 +497,22 @@ def build_figures(
             f"{task}: trained ACT's {PONDER_LABEL} (PonderNet: its sampled halting step) "
             "against input difficulty",
         )
+
+    by_k: dict[Path, tuple[np.ndarray, ...]] = {}
+    beyond = [row for row in rows if row.task == "parity" and row.runs[0].config.eval_sets]
+    for row in beyond if difficulty_samples > 0 else []:
+        for r in row.runs:
+            if rundir.has_checkpoint(r.path):
+                try:
+                    by_k[r.path] = probe_by_k(r.path, BY_K_SAMPLES, generator_seed)
+                except RunError as e:
+                    notes.append(f"{r.path.name}: {e}")
+    add(
+        plot_by_k(beyond, by_k, root / "parity-by-k.png"),
+        "parity-by-k.png",
+        "parity: trained networks' accuracy (top) and steps per token computed (bottom) against "
+        "the number of non-zero elements k, inside the training range (shaded) and beyond it; "
+        "a column per method, a line per configuration (median over seeds, band 25th-75th "
+        "percentile)",
+    )
     return figures, notes

@@ -256,10 +256,14 @@ class CudaGraph:
         self.graph = torch.cuda.CUDAGraph()
         for g in generators:
             self.graph.register_generator_state(g)
+        before = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(self.graph, stream=_capture_stream()):
                 self.outputs = fn()
         except RuntimeError as e:
+            # A failed capture_end() leaves the capture stream current: later work (the
+            # bench's next case, an eager fallback) must run where it ran before.
+            torch.cuda.set_stream(before)
             # After an op that cannot be recorded, ending the capture fails too, and its error
             # ("a previous error during capture") hides the first: raise the first.
             first = e
@@ -312,6 +316,10 @@ class HostData(TorchFunctionMode):
     device" is the CPU, so any explicit move of a CPU tensor counts, as it would be a copy
     from the host on a GPU. Scalars as operands (``x * 0.5``, ``torch.where(m, 0.0, x)``,
     ``torch.full``) are kernel arguments, not copies, and pass.
+
+    What it does not see: device-to-host syncs (``.item()``, ``.tolist()``, a tensor's truth
+    value, ``nonzero``, boolean-mask indexing), which capture refuses too, and factory calls
+    without ``device=`` (on a CPU they are where everything is). A GPU run finds those.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None) -> Any:

@@ -4,9 +4,12 @@ and the compute-matched comparison").
 A run's inference cost on a held-out set is the recurrent steps per token its evaluation
 actually computed: rho for Repeat (1 for the RNN), N(t) for ACT, the sampled halting step for
 PonderNet (its expected steps are logged beside). For an adaptive configuration whose mean cost
-per token is c, the fixed baseline at equal cost is Repeat at rho = round(c) (the RNN when that
-is 1). Accuracy on each held-out set is compared as k/n seeds at or above the solve threshold,
-with a 95% Wilson interval, and the median accuracy with its quartiles.
+per token on a set is c (its seeds' last evaluations), the fixed baselines at equal cost are
+Repeat at rho = floor(c) and ceil(c) (the RNN at 1): one computes a little less, one a little
+more. On that set the difference in final accuracy (adaptive - fixed) over seeds gets a 95%
+interval: paired by seed where both have the seed (a t interval on the per-seed differences,
+n - 1 degrees of freedom), Welch's interval otherwise. "better" or "worse" is said only where
+the interval excludes zero, else "no difference detected at n seeds".
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from . import metrics
 from .results import ADAPTIVE, ConfigRow, RunResult
@@ -151,18 +155,78 @@ def held_out_markdown(rows: list[ConfigRow]) -> list[str]:
 
 
 @dataclass
+class Difference:
+    """Adaptive minus fixed final accuracy on one set over seeds: the mean and its 95%
+    interval (``paired``: over the seeds both have, else Welch's over each side's seeds)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int  # seeds: the pairs, or the smaller side for Welch's
+    paired: bool
+
+    def verdict(self) -> str:
+        if self.low == self.high:  # every seed differs by the same amount: no spread to judge
+            way = "higher" if self.mean > 0 else "lower" if self.mean < 0 else "the same"
+            return f"{way} by the same amount on all {self.n} seeds (no spread)"
+        if self.low > 0:
+            return "better"
+        if self.high < 0:
+            return "worse"
+        return f"no difference detected at n = {self.n} seeds"
+
+    def text(self) -> str:
+        kind = "paired" if self.paired else "Welch"
+        return f"{self.mean:+.1%} [{self.low:+.1%}, {self.high:+.1%}] ({kind}, n = {self.n})"
+
+
+def _accuracies(row: ConfigRow, name: str) -> dict[int, float]:
+    return {
+        r.config.seed: a for r in row.runs if (a := accuracy(r, name)) is not None
+    }  # fmt: skip
+
+
+def difference(adaptive: dict[int, float], fixed: dict[int, float]) -> Difference | None:
+    """The 95% interval of adaptive - fixed accuracy (per seed: seed -> accuracy); None when
+    there are too few seeds for one (fewer than 2 pairs, and fewer than 2 on a side)."""
+    common = sorted(set(adaptive) & set(fixed))
+    if len(common) >= 2:
+        d = np.array([adaptive[s] - fixed[s] for s in common])
+        n = len(d)
+        half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)
+        return Difference(float(d.mean()), float(d.mean() - half), float(d.mean() + half), n, True)
+    a, f = np.array(list(adaptive.values())), np.array(list(fixed.values()))
+    if len(a) < 2 or len(f) < 2:
+        return None
+    va, vf = a.var(ddof=1) / len(a), f.var(ddof=1) / len(f)
+    mean = float(a.mean() - f.mean())
+    se = math.sqrt(va + vf)
+    if se == 0:
+        return Difference(mean, mean, mean, min(len(a), len(f)), False)
+    dof = (va + vf) ** 2 / (va**2 / (len(a) - 1) + vf**2 / (len(f) - 1))
+    half = stats.t.ppf(0.975, dof) * se
+    return Difference(mean, mean - half, mean + half, min(len(a), len(f)), False)
+
+
+@dataclass
+class Neighbour:
+    """The fixed configuration at one integer side of an adaptive cost, and how they compare."""
+
+    rho: int
+    fixed: ConfigRow | None
+    difference: Difference | None
+
+
+@dataclass
 class Matched:
-    """An adaptive configuration and the fixed one at its cost (None when the sweep has none)."""
+    """An adaptive configuration on one held-out set, beside Repeat at floor and ceil of its
+    cost there (one neighbour when the cost is a whole number)."""
 
     adaptive: ConfigRow
-    cost: float  # mean over seeds of the in-distribution steps per token
+    set_name: str
+    cost: float  # mean over seeds of the steps per token on this set
     cost_range: tuple[float, float]
-    rho: int  # round(cost)
-    fixed: ConfigRow | None
-
-
-def round_half_up(c: float) -> int:
-    return max(1, int(math.floor(c + 0.5)))
+    neighbours: list[Neighbour]
 
 
 def fixed_row(rows: list[ConfigRow], like: ConfigRow, rho: int) -> ConfigRow | None:
@@ -174,60 +238,82 @@ def fixed_row(rows: list[ConfigRow], like: ConfigRow, rho: int) -> ConfigRow | N
     return None
 
 
+def neighbours_of(c: float) -> list[int]:
+    """The integer costs on both sides of ``c`` (one when ``c`` is whole; never below 1)."""
+    low, high = max(1, math.floor(c)), max(1, math.ceil(c))
+    return [low] if low == high else [low, high]
+
+
 def matched_rows(rows: list[ConfigRow]) -> list[Matched]:
-    """Every adaptive configuration with a measured cost, paired with Repeat at round(cost)."""
+    """Every adaptive configuration with a measured cost on a set, per set, with Repeat at
+    floor(cost) and ceil(cost) there."""
     out = []
-    for row in rows:
-        if row.model not in ADAPTIVE:
-            continue
-        costs = logged_costs(row)
-        if not costs:
-            continue
-        c = float(np.mean(costs))
-        rho = round_half_up(c)
-        out.append(Matched(row, c, (min(costs), max(costs)), rho, fixed_row(rows, row, rho)))
+    for name in held_out_sets(rows):
+        for row in rows:
+            if row.model not in ADAPTIVE:
+                continue
+            costs = logged_costs(row, name)
+            if not costs:
+                continue
+            c = float(np.mean(costs))
+            mine = _accuracies(row, name)
+            sides = []
+            for rho in neighbours_of(c):
+                fixed = fixed_row(rows, row, rho)
+                diff = None if fixed is None else difference(mine, _accuracies(fixed, name))
+                sides.append(Neighbour(rho, fixed, diff))
+            out.append(Matched(row, name, c, (min(costs), max(costs)), sides))
     return out
 
 
 def markdown(rows: list[ConfigRow]) -> list[str]:
-    """The compute-matched table as report.md lines ([] when no adaptive run has a cost)."""
+    """The equal-cost comparison as report.md lines ([] when no adaptive run has a cost)."""
     pairs = matched_rows(rows)
     if not pairs:
         return []
-    names = held_out_sets(rows)
-    head = ["adaptive configuration", "steps per token c (range)", "Repeat at round(c)"]
-    for name in names:
-        head += [f"{set_title(name)}: adaptive", f"{set_title(name)}: Repeat"]
+    head = ["adaptive configuration", "held-out set", "steps per token c (range)",
+            "adaptive accuracy", "fixed at equal cost", "fixed accuracy",
+            "adaptive - fixed [95% interval]", "reading"]  # fmt: skip
     lines = _section(
         "Compute-matched comparison",
-        "Each adaptive configuration beside Repeat at rho = round(c), c its mean inference cost "
-        "in distribution (steps per token its evaluation computed, mean over seeds): at equal "
-        "inference cost, which is more accurate? Cells: seeds whose final held-out accuracy "
-        "reaches the solve threshold, k/n [95% Wilson interval]; median final accuracy "
-        "[25th, 75th percentile] over seeds.",
+        "Each adaptive configuration on each held-out set beside Repeat at rho = floor(c) and "
+        "ceil(c), c its mean inference cost on that set (steps per token its last evaluation "
+        "computed, mean over seeds): one baseline computes a little less, one a little more. "
+        "Accuracy cells: seeds whose final accuracy reaches the solve threshold, k/n [95% "
+        "Wilson interval]; median final accuracy [25th, 75th percentile]. The difference is "
+        "the mean over seeds of adaptive - fixed final accuracy with its 95% interval: paired "
+        "by seed (a t interval, n - 1 degrees of freedom) where both have the seed, Welch's "
+        'otherwise. "better" or "worse" only where the interval excludes zero.',
         head,
     )
-    missing = []
+    missing: dict[int, list[str]] = {}
     for m in pairs:
         lo, hi = m.cost_range
-        logged = len(logged_costs(m.adaptive))
-        of = "" if logged == len(m.adaptive.runs) else f"; {logged} of {len(m.adaptive.runs)} seeds"
-        cells = [m.adaptive.label, f"{m.cost:.2f} ({lo:.2f}-{hi:.2f}{of})"]
-        if m.fixed is None:
-            cells.append(f"none at rho={m.rho}")
-            missing.append(m)
-        else:
-            cells.append(m.fixed.label)
-        for name in names:
-            cells.append(side(m.adaptive, name).text())
-            cells.append("-" if m.fixed is None else side(m.fixed, name).text())
-        lines.append("| " + " | ".join(cells) + " |")
-    for rho in sorted({m.rho for m in missing}):
-        who = ", ".join(m.adaptive.label for m in missing if m.rho == rho)
+        logged = len(logged_costs(m.adaptive, m.set_name))
+        runs = len(m.adaptive.runs)
+        of = "" if logged == runs else f"; {logged} of {runs} seeds"
+        first = [m.adaptive.label, set_title(m.set_name), f"{m.cost:.2f} ({lo:.2f}-{hi:.2f}{of})",
+                 side(m.adaptive, m.set_name).text()]  # fmt: skip
+        for n in m.neighbours:
+            if n.fixed is None:
+                missing.setdefault(n.rho, []).append(
+                    f"{m.adaptive.label} ({set_title(m.set_name)})"
+                )
+                cells = [f"none at rho={n.rho}", "-", "-", "-"]
+            elif n.difference is None:
+                cells = [n.fixed.label, side(n.fixed, m.set_name).text(), "-",
+                         "too few seeds for an interval"]  # fmt: skip
+            else:
+                cells = [n.fixed.label, side(n.fixed, m.set_name).text(), n.difference.text(),
+                         n.difference.verdict()]  # fmt: skip
+            lines.append("| " + " | ".join(first + cells) + " |")
+    for rho in sorted(missing):
+        who = ", ".join(dict.fromkeys(missing[rho]))
         axis = "{model: rnn}" if rho == 1 else f"{{model: repeat, rho: [{rho}]}}"
         lines += [
             "",
-            f"No Repeat run at rho={rho} in this sweep (matched to {who}): add `{axis}` to the "
-            "grid's axes (or the rho to its Repeat line) and run the same sweep command again.",
+            f"No Repeat run at rho={rho} in this sweep (a neighbour of {who}): add `{axis}` to "
+            "the grid's axes (or the rho to its Repeat line) and run the same sweep command "
+            "again.",
         ]
     return lines

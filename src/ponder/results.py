@@ -497,3 +497,31 @@ def probe_ponder(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, np
         repetitions.append(info["repetitions"].float().numpy())  # [B, T]
         difficulties.append(task.difficulty(x).numpy())  # [B, T]
     return np.concatenate(repetitions), np.concatenate(difficulties)
+
+
+@torch.no_grad()
+def probe_by_k(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """A trained parity network's accuracy and steps per token at every number of non-zero
+    elements k from 1 to ``bits`` (inside and beyond its training range; with first positions
+    only up to ``max_nonzero``), on ``samples`` fresh
+    sequences per k drawn at the run's positions from a CPU generator seeded with ``seed``:
+    ``(ks [K], accuracy [K], steps [K])``. The steps are what inference computed (rho, N(t),
+    the sampled halting step)."""
+    net, task, config = train.load_model(run_dir, "cpu")
+    if config.task != "parity":
+        raise RunError(f"{run_dir}: probing by the number of non-zero elements is for parity")
+    bits, positions = task.bits, task.positions
+    gen = torch.Generator().manual_seed(seed)
+    halt_gen = torch.Generator().manual_seed(seed + 1)  # PonderNet's halting draws, apart
+    # With first positions, a k beyond max_nonzero sets inputs training never set (config
+    # refuses such a held-out set): those k are not probed.
+    ks = np.arange(1, (bits if positions == "random" else task.max_nonzero) + 1)
+    acc, steps = [], []
+    for k in ks.tolist():
+        at_k = tasks.make("parity", bits=bits, min_nonzero=k, max_nonzero=k, positions=positions)
+        x, y = at_k.sample(samples, gen)
+        u = halting_uniforms(config, x.shape[:2], halt_gen)
+        logits, info = net(x) if u is None else net(x, uniforms=u)
+        acc.append(float(task.accuracy(logits, y)))
+        steps.append(float(info["ponder_steps"].float().mean()))
+    return ks, np.array(acc), np.array(steps)

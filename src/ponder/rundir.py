@@ -196,16 +196,14 @@ def writer_pid(folder: Path) -> int | None:
         # "1: FLOCK  ADVISORY  WRITE 6686 00:2f:1234 0 EOF" (a blocked waiter starts "1: ->")
         if len(parts) < 6 or parts[1] != "FLOCK" or parts[3] != "WRITE":
             continue
+        # The inode alone: /proc/locks names the superblock's device, which stat() does not
+        # give on btrfs subvolumes and some overlays; another file system's lock on the same
+        # inode number at the same moment is a chance not worth a wrong "nobody writes".
         try:
-            major, minor, inode = parts[5].split(":")
-            same = (int(inode), int(major, 16), int(minor, 16)) == (
-                st.st_ino,
-                os.major(st.st_dev),
-                os.minor(st.st_dev),
-            )
-        except ValueError:
+            inode = int(parts[5].rsplit(":", 1)[1])
+        except (ValueError, IndexError):
             continue
-        if same:
+        if inode == st.st_ino:
             return int(parts[4])
     return None
 

@@ -27,6 +27,7 @@ when the same sweep runs again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -227,19 +228,26 @@ def execute_job(runs: list[tuple[RunConfig, Path]]) -> None:
     from . import train
 
     keep_freed_memory()  # a training process reuses its large blocks (memory.py)
-    for _, run_dir in runs:
-        rundir.clear_error(run_dir)
-        rundir.mark_running(run_dir, True)
-    try:
-        train.run_group([c for c, _ in runs], [d for _, d in runs])
-    except Exception as e:  # recorded, and the sweep goes on
-        text = "".join(traceback.format_exception(e))
-        for config, run_dir in runs:
-            if run_status(run_dir, config) not in ("done", "diverged"):
-                rundir.write_error(run_dir, f"{type(e).__name__}: {e}\n\n{text}")
-    finally:
+    with contextlib.ExitStack() as locks:
+        try:  # the runs' locks first: another process's run is left exactly as it is
+            for _, run_dir in runs:
+                locks.enter_context(rundir.Lock(run_dir, "sweep worker"))
+        except rundir.Busy as e:
+            print(f"ponder sweep: {e}", file=sys.stderr, flush=True)
+            return
         for _, run_dir in runs:
-            rundir.mark_running(run_dir, False)
+            rundir.clear_error(run_dir)
+            rundir.mark_running(run_dir, True)
+        try:
+            train.run_group([c for c, _ in runs], [d for _, d in runs])
+        except Exception as e:  # recorded, and the sweep goes on
+            text = "".join(traceback.format_exception(e))
+            for config, run_dir in runs:
+                if run_status(run_dir, config) not in ("done", "diverged"):
+                    rundir.write_error(run_dir, f"{type(e).__name__}: {e}\n\n{text}")
+        finally:
+            for _, run_dir in runs:
+                rundir.mark_running(run_dir, False)
 
 
 def write_job(path: Path, runs: list[tuple[RunConfig, Path]]) -> None:
