@@ -14,13 +14,25 @@ def float64():
 
 
 @pytest.fixture
-def tf32_switches():
+def tf32_switches(monkeypatch):
     """PyTorch's two process-wide TF32 switches, set to its defaults (matmuls off, cuDNN on)
-    for the test and restored after it; returns the two modules that hold them."""
+    for the test and restored after it. Returns ``spy(module, name)``: it wraps that function
+    so that each call records the two switches as they were, into the list it returns."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     old = matmul.allow_tf32, cudnn.allow_tf32
     matmul.allow_tf32, cudnn.allow_tf32 = False, True
-    yield matmul, cudnn
+
+    def spy(module, name):
+        seen, inner = [], getattr(module, name)
+
+        def wrapped(*args, **kwargs):
+            seen.append((matmul.allow_tf32, cudnn.allow_tf32))
+            return inner(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapped)
+        return seen
+
+    yield spy
     matmul.allow_tf32, cudnn.allow_tf32 = old
 
 

@@ -157,20 +157,12 @@ def _without_extras(run):
 def test_bench_runs_with_trainings_tf32_switches(tmp_path, monkeypatch, tf32_switches):
     """The bench sets both TF32 switches as training does (off unless opted in), and restores
     them: PyTorch's own defaults differ (cuDNN's on), and tests must not depend on order."""
-    matmul, cudnn = tf32_switches
-    seen = []
-    measure = bench.measure_against
-
-    def spy(*args):
-        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
-        return measure(*args)
-
-    monkeypatch.setattr(bench, "measure_against", spy)
+    seen = tf32_switches(bench, "measure_against")
     timing = bench.Timing(warmup=1, repeats=1, seconds=0.01, max_steps=2)
     bench.run_bench(device="cpu", out=tmp_path / "b.md", _cases=_tiny_cases()[1:2],
                     _timing=timing, _ks=(1,), _profile_case=False, _neighbours=[])  # fmt: skip
     assert seen == [(False, False)]
-    assert cudnn.allow_tf32 and not matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def test_add_parser_defaults():

@@ -215,15 +215,8 @@ def test_training_sets_both_tf32_switches_and_restores_them(
 ):
     """Both process-wide TF32 switches are the run's while it trains (PyTorch's defaults
     differ: cuDNN on, matmuls off) and are restored after, so no test depends on another."""
-    matmul, cudnn = tf32_switches
-    seen = []
-    loop = train._loop
-
-    def spy(*args):
-        seen.append((matmul.allow_tf32, cudnn.allow_tf32))
-        return loop(*args)
-
-    monkeypatch.setattr(train, "_loop", spy)
+    seen = tf32_switches(train, "_loop")
     train.run(tiny(model="repeat", steps=10, tf32=tf32), tmp_path / "run")
     assert seen == [(tf32, tf32)]
-    assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, True)
+    switches = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    assert switches == (False, True)
