@@ -98,7 +98,7 @@ class QuickExtrapolation:
     solve_window: int = 11
     seeds: int = 3
     max_ponder: int = 10  # PonderNet's N
-    rhos: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+    rhos: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 9, 10)  # both sides of every adaptive cost
     taus: tuple[float, ...] = (0.01, 0.001)
     lambdas: tuple[float, ...] = (0.2, 0.5)
 
