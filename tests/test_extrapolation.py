@@ -721,3 +721,10 @@ def test_the_k_figure_probes_every_k_inside_and_beyond_training(tiny, tmp_path):
     assert np.all(act_steps >= 1.0)
     text = report.build_report(sw, difficulty_samples=20).read_text()
     assert (sw / "figures" / "parity-by-k.png").exists() and "parity-by-k.png" in text
+
+
+def test_no_spread_is_said_as_such():
+    same = matched.difference({0: 1.0, 1: 1.0}, {0: 1.0, 1: 1.0})
+    assert same.verdict() == "the same on all 2 seeds"
+    up = matched.difference({0: 0.75, 1: 0.5}, {0: 0.5, 1: 0.25})
+    assert up.verdict().startswith("higher by the same amount")

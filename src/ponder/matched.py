@@ -167,8 +167,10 @@ class Difference:
 
     def verdict(self) -> str:
         if self.low == self.high:  # every seed differs by the same amount: no spread to judge
-            way = "higher" if self.mean > 0 else "lower" if self.mean < 0 else "the same"
-            return f"{way} by the same amount on all {self.n} seeds (no spread)"
+            if self.mean == 0:
+                return f"the same on all {self.n} seeds"
+            way = "higher" if self.mean > 0 else "lower"
+            return f"{way} by the same amount on all {self.n} seeds (no spread to judge)"
         if self.low > 0:
             return "better"
         if self.high < 0:
