@@ -334,6 +334,7 @@ def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         seen = set()
+        lowest = 0.4
         for row in have:
             color = METHOD_COLORS.get(row.model, "gray")
             pts = [(matched.cost(r, name), matched.accuracy(r, name)) for r in row.runs]
@@ -341,6 +342,7 @@ def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
             if not pts:
                 continue
             xs, ys = np.array(pts).T
+            lowest = min(lowest, float(ys.min()) - 0.03)  # below chance stays in view
             method = matched.METHOD_NAMES.get(row.model, row.model)
             ax.scatter(xs, ys, s=14, alpha=0.5, color=color,
                        label=None if method in seen else method)  # fmt: skip
@@ -352,7 +354,7 @@ def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
         ax.set_title(f"{task}: {matched.set_title(name)}", fontsize="medium")
         ax.set_xlabel("mean inference steps per token (computed at evaluation)")
         ax.set_ylabel("final held-out accuracy")
-        ax.set_ylim(0.4, 1.02)
+        ax.set_ylim(lowest, 1.02)
         ax.grid(alpha=0.3)
         _legend(ax)
     fig.suptitle("accuracy against inference cost: dots are runs, diamonds each "
