@@ -210,7 +210,14 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "ponder.cli", "sweep", str(small), "--out", str(out),
            "--jobs", "1", "--batch", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # As from a terminal: SIGINT at its default even where the tests run as a background job,
+    # which starts with it ignored (and Python then installs no KeyboardInterrupt for it).
+    def as_from_a_terminal() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_terminal)  # fmt: skip
     first, queued = out / "rnn-seed0", [out / "rnn-seed1", out / "rnn-seed2"]
     deadline = time.time() + 600
     while not rundir.read_metrics(first):
