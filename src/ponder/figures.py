@@ -31,7 +31,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from . import metrics, rundir, tasks
+from . import matched, metrics, rundir, tasks
 from .results import ADAPTIVE, ConfigRow, RunResult, probe_by_k, probe_ponder, quartiles
 from .rundir import RunError
 
@@ -324,8 +324,6 @@ def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
     final held-out accuracy), a panel per held-out set, coloured by method, each configuration's
     median marked and named. False (nothing written) unless more than one configuration, one of
     them adaptive, has its costs logged."""
-    from . import matched
-
     mine = [r for r in rows if r.task == task]
     names = matched.held_out_sets(mine)
     have = [row for row in mine if matched.logged_costs(row)]
@@ -398,7 +396,7 @@ def plot_by_k(
             ax.axvspan(low - 0.5, high + 0.5, color="0.85", zorder=0, lw=0)
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[0][col].set_title(matched_name(method), fontsize="medium")
+        axes[0][col].set_title(matched.METHOD_NAMES.get(method, method), fontsize="medium")
         axes[0][col].set_ylim(-0.02, 1.02)  # below chance is an answer too: systematically wrong
         axes[0][col].axhline(0.5, color="0.5", lw=0.8, ls=":")
         axes[1][col].set_xlabel("non-zero elements k")
@@ -412,12 +410,6 @@ def plot_by_k(
     )
     _save(fig, path)
     return True
-
-
-def matched_name(model: str) -> str:
-    from . import matched
-
-    return matched.METHOD_NAMES.get(model, model)
 
 
 def build_figures(

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import torch
 
+from .models import GATES
+
 # Multiply-adds of one cell step per thread: below two of these a second thread costs more in
 # waking and joining than it saves (parity's RNN of 128 at batch 128: 3.2M, one thread;
 # addition's LSTM of 512 at batch 32: 37M, which measured 6.7 s with 1 thread and 5.2 s with 2
 # for 100 steps on 2 quiet cores).
 PER_THREAD = 1 << 23
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 SAMPLE_S = 0.2  # how long the free cores are sampled
 
 
