@@ -317,12 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "what",
-        choices=["parity", "addition", "all", "pondernet", "extrapolation"],
+        choices=["parity", "addition", "all", "pondernet", "extrapolation", "parity-figures"],
         help="the Fojo paper's tables (parity, addition, all); pondernet: PonderNet beside "
         "ACT and Repeat on 64-bit parity (grid parity-pondernet, 3 seeds); extrapolation: "
         "every method on parity at random positions (16 elements, or --elements N), trained "
         "on 1 to N/2 non-zero and tested on N/2+1 to N too, with the equal-cost comparison "
-        "(grid parity-extrapolation, 5 seeds)",
+        "(grid parity-extrapolation, 5 seeds); parity-figures: the paper's Figures 5 and 6 "
+        "(grids parity-tau and parity-rho, 3 seeds, 200,000 steps, no stop once solved)",
     )
     p.add_argument("--out", type=Path, required=True, help="sweep directory")
     p.add_argument(
@@ -332,12 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
         "under 10)",
     )
     p.add_argument(
-        "--seeds", type=_number(int, 1), help="seeds per configuration (default 5; not --quick)"
+        "--seeds",
+        type=_number(int, 1),
+        help="seeds per configuration (default 5, parity-figures 3; not --quick)",
     )
     p.add_argument(
         "--budget",
         type=_number(int, 1),
-        help="training steps per run (default: the paper's 2,000,000; not --quick); the "
+        help="training steps per run (default: the paper's 2,000,000, parity-figures 200,000; "
+        "not --quick); the "
         "report says which of the paper's results a smaller budget cannot reproduce",
     )
     p.add_argument(

@@ -95,9 +95,14 @@ def builtin_grids() -> list[str]:
 
 
 def load_grid(
-    path: str | Path, seeds: int | None = None, budget: int | None = None, **overrides: Any
+    path: str | Path,
+    seeds: int | None = None,
+    budget: int | None = None,
+    stop_when_solved: bool | None = None,
+    **overrides: Any,
 ) -> Grid:
-    """Read and expand a grid file; every expanded config is validated (``ConfigError``)."""
+    """Read and expand a grid file; every expanded config is validated (``ConfigError``).
+    ``seeds``, ``budget`` and ``stop_when_solved`` replace the file's own values."""
     path = Path(path)
     data = load_yaml(path)
     where = f"grid {path.name}"
@@ -116,6 +121,8 @@ def load_grid(
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{where}: {key} must be a positive integer, got {value!r}")
     stop = data.get("stop_when_solved", base.get("stop_when_solved", True))
+    if stop_when_solved is not None:
+        stop = stop_when_solved
     if not isinstance(stop, bool):
         raise ConfigError(f"{where}: stop_when_solved must be true or false")
     runs: dict[str, Run] = {}
