@@ -189,7 +189,7 @@ def test_steps_cell() -> None:
 
 def test_paper_criterion_uses_the_runs_own_window(tmp_path: Path) -> None:
     """A lone spike to 100% is no solve under the 71-point smoothing; the slow ramp is."""
-    accuracy = list(np.linspace(0.5, 1.0, 200))
+    accuracy = list(np.linspace(0.5, 1.0, 150)) + [1.0] * 50
     accuracy[20] = 1.0
     run = make_run(tmp_path / "s", "ramp", accuracy=accuracy, solve_window=71, model="rnn")
     report.build_report(tmp_path / "s", difficulty_samples=0)
@@ -198,6 +198,28 @@ def test_paper_criterion_uses_the_runs_own_window(tmp_path: Path) -> None:
     assert expected is not None and expected > 21_000
     assert read_csv(tmp_path / "s")[0]["median_steps_to_solve"] == str(expected)
     assert results.read_run(run).steps_to_solve == expected
+
+
+def test_a_crossing_only_at_the_end_is_not_a_solve_and_is_marked(tmp_path: Path) -> None:
+    """A run that jumps to 100% in its last 20 logs (of 200, window 71): the smoothed curve
+    crosses 98% there, but the report counts it not solved, censored at the budget, names the
+    crossing in the runs table and marks the row provisional."""
+    sweep = tmp_path / "s"
+    accuracy = [0.6] * 180 + [1.0] * 20
+    make_run(sweep, "late", accuracy=accuracy, solve_window=71, model="rnn", steps=200_000)
+    make_run(sweep, "early", accuracy=[0.6] * 100 + [1.0] * 100, solve_window=71, model="rnn",
+             steps=200_000, seed=1)  # fmt: skip
+    report.build_report(sweep, difficulty_samples=0)
+    late = results.read_run(sweep / "late")
+    assert late.steps_to_solve is None and late.time_to_solve() == (200_000, False)
+    assert late.edge_crossing_at is not None and late.edge_crossing_at > 165_000
+    assert results.read_run(sweep / "early").edge_crossing_at is None
+    row = read_csv(sweep)[0]
+    assert row["solved"] == "1/2"
+    assert "crossing the threshold only in the last half window" in row["provisional"]
+    text = (sweep / "report.md").read_text()
+    assert f"crosses at {report.fmt_steps(late.edge_crossing_at)}, unconfirmed" in text
+    assert "| RNN* |" in text
 
 
 def test_errors_for_a_missing_or_empty_directory(tmp_path: Path) -> None:

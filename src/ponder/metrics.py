@@ -2,8 +2,12 @@
 
 Fojo et al. log the training-batch accuracy every 1,000 steps, smooth the curve with a
 Savitzky-Golay filter (window 71 points, cubic) and call a task solved at the first logged step
-where the smoothed accuracy reaches 98%. A curve with fewer than 71 points uses the largest odd
-window that fits (and a lower polynomial order where the window is too short for a cubic).
+where the smoothed accuracy reaches 98%. Near the end of a curve the filter has no centred
+window (it extrapolates the cubic fitted to the last 71 points), so a crossing counts only where
+half a window of later points confirms it (``confirmed_crossing``); one only in the last half
+window is not a solve within the logged steps (``edge_crossing``). A curve with fewer than 71
+points uses the largest odd window that fits (and a lower polynomial order where the window is
+too short for a cubic).
 
 Over seeds, steps to solve is censored data (SPEC.md, "Statistics over seeds"): ``kaplan_meier``
 gives the fraction of seeds solved against steps, ``censored_quartiles`` its median and quartiles
@@ -46,31 +50,61 @@ def first_crossing(values: Sequence[float], threshold: float) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
+def confirmed_crossing(
+    values: Sequence[float], threshold: float = PAPER_THRESHOLD, window: int = PAPER_WINDOW
+) -> int | None:
+    """Index of the first smoothed value >= ``threshold`` that half a window of later points
+    confirms, or None.
+
+    In the last half window the Savitzky-Golay filter has no centred window: its value there is
+    the cubic fitted to the last ``window`` points, extrapolated towards the end. A crossing
+    there is the polynomial's, not the data's, and more training could undo it. So a crossing
+    counts only at an index i with ``window // 2`` logged points after it (the window the curve
+    was smoothed with, ``smoothing_window``).
+    """
+    y = smooth(values, window)
+    half = smoothing_window(len(y), window) // 2
+    i = first_crossing(y[: max(0, len(y) - half)], threshold)
+    return i
+
+
+def edge_crossing(
+    values: Sequence[float], threshold: float = PAPER_THRESHOLD, window: int = PAPER_WINDOW
+) -> int | None:
+    """Index of a smoothed crossing of ``threshold`` that lies only in the last half window
+    (no confirmed crossing before it), or None: a run that may be about to solve, which the
+    criterion does not count yet."""
+    if confirmed_crossing(values, threshold, window) is not None:
+        return None
+    return first_crossing(smooth(values, window), threshold)
+
+
 def steps_to_solve(
     steps: Sequence[int],
     accuracy: Sequence[float],
     threshold: float = PAPER_THRESHOLD,
     window: int = PAPER_WINDOW,
 ) -> int | None:
-    """The paper's criterion: first logged step whose smoothed accuracy is >= ``threshold``."""
+    """The paper's criterion: the first logged step whose smoothed accuracy is >= ``threshold``,
+    confirmed by half a window of later points (``confirmed_crossing``); None when not solved
+    within the logged steps."""
     if len(steps) == 0:
         return None
-    i = first_crossing(smooth(accuracy, window), threshold)
+    i = confirmed_crossing(accuracy, threshold, window)
     return None if i is None else int(steps[i])
 
 
 def crossing_is_final(
     accuracy: Sequence[float], threshold: float = PAPER_THRESHOLD, window: int = PAPER_WINDOW
 ) -> bool:
-    """Whether more points can no longer change the paper criterion's first crossing.
+    """Whether more points can no longer change the criterion's crossing.
 
-    Once the curve has a full window, the smoothed value at index i depends only on points
-    i - w//2 .. i + w//2; so a crossing at i is final when i + w//2 points exist.
+    Once the curve has a full window, the smoothed value at index i <= L - 1 - w//2 depends only
+    on points that already exist (the centred window, or the first window near the start), so a
+    confirmed crossing is final. A shorter curve is smoothed over a shorter window that grows
+    with it: nothing is final yet.
     """
-    if len(accuracy) < window:
-        return False
-    i = first_crossing(smooth(accuracy, window), threshold)
-    return i is not None and i + window // 2 <= len(accuracy) - 1
+    return len(accuracy) >= window and confirmed_crossing(accuracy, threshold, window) is not None
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,8 +108,11 @@ class RunResult:
     accuracy: np.ndarray  # training accuracy per log, [L]
     repetitions_curve: np.ndarray  # the repetitions column per log, [L]
     steps_to_solve: int | None  # paper criterion, recomputed from metrics.csv
+    # A smoothed crossing only in the last half window, unconfirmed (``metrics.edge_crossing``):
+    # not a solve; the run is censored at its last step and its row marked provisional.
     eval_steps_to_solve: int | None  # first log with held-out accuracy >= threshold
     repetitions: float | None  # the repetitions of the last logged row
+    edge_crossing_at: int | None
     ponder_steps: float | None  # N(t) (ACT) or the sampled halting step (PonderNet), last row
     expected_steps: float | None = None  # PonderNet's sum_n n p^n of the last logged row
     # The last logged row per held-out set ("eval", then the config's eval_sets): accuracy,
@@ -225,6 +228,7 @@ def read_run(run_dir: Path) -> RunResult:
     stp = metrics.steps_to_solve(
         steps.tolist(), accuracy.tolist(), config.solve_threshold, config.solve_window
     )
+    edge = metrics.edge_crossing(accuracy.tolist(), config.solve_threshold, config.solve_window)
     i = metrics.first_crossing(column("eval_accuracy"), config.solve_threshold)
 
     raw = rundir.status(run_dir, config)
@@ -243,6 +247,7 @@ def read_run(run_dir: Path) -> RunResult:
         steps_to_solve=stp,
         eval_steps_to_solve=None if i is None else int(steps[i]),
         repetitions=last.get("repetitions"),
+        edge_crossing_at=None if edge is None else int(steps[edge]),
         ponder_steps=last.get("ponder_steps") if config.model in ADAPTIVE else None,
         expected_steps=last.get("ponder_cost") if config.model == "pondernet" else None,
         held_out=_held_out(config, last),
@@ -358,10 +363,18 @@ def paper_values(config: RunConfig) -> tuple[str, str, str]:
 
 def provisional_reason(runs: list[RunResult]) -> str:
     """Why a configuration's numbers may still change, in a few words ("" if they will not):
+    runs crossing the threshold only where the filter extrapolates (``metrics.edge_crossing``),
     runs not finished yet, or runs with fewer logged points than their smoothing window (the
     criterion then smoothed over the shorter ``metrics.smoothing_window``; more points may move
     the crossing)."""
     reasons = []
+    edge = [r for r in runs if r.edge_crossing_at is not None]
+    if edge:
+        at = ", ".join(f"{r.edge_crossing_at / 1000:g}k of {r.last_step / 1000:g}k" for r in edge)
+        reasons.append(
+            f"{len(edge)} run{'s' if len(edge) > 1 else ''} crossing the threshold only in the "
+            f"last half window, not yet confirmed ({at}): counted as not solved"
+        )
     unfinished = sum(r.status == "unfinished" for r in runs)
     if unfinished:
         reasons.append(f"{unfinished} run{'s' if unfinished > 1 else ''} unfinished")
