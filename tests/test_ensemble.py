@@ -149,9 +149,9 @@ def test_diverged_member_is_frozen_others_go_on(tiny, tmp_path, monkeypatch):
     real = engine.objective
     calls = {"n": 0}
 
-    def member1_nan_after_15(task, logits, targets, info, tau, ponder_loss="mean"):
+    def member1_nan_after_15(task, logits, targets, info, tau, ponder_loss="mean", tokens=None):
         calls["n"] += 1
-        loss, tl = real(task, logits, targets, info, tau, ponder_loss)
+        loss, tl = real(task, logits, targets, info, tau, ponder_loss, tokens)
         if calls["n"] > 15 and loss.dim() == 2:
             loss = torch.cat([loss[:1], loss[1:] * float("nan")])
         return loss, tl

@@ -201,6 +201,31 @@ def eval_sets(task: tasks.Task, config: RunConfig, device: torch.device) -> dict
     return sets
 
 
+def per_token(
+    values: torch.Tensor, tokens: torch.Tensor | None, ponder_loss: str = "mean"
+) -> torch.Tensor:
+    """A per-token quantity ``values [..., T]`` over each sequence's own tokens (``tokens``,
+    bool, broadcast to ``values``; None: every step): their mean (``ponder_loss="mean"``) or
+    sum, ``[...]``."""
+    if tokens is None:
+        return values.mean(-1) if ponder_loss == "mean" else values.sum(-1)
+    w = tokens.to(values.dtype)
+    total = (values * w).sum(-1)
+    if ponder_loss != "mean":
+        return total
+    return total / w.expand_as(values).sum(-1).clamp(min=1)
+
+
+def token_mean(values: torch.Tensor, tokens: torch.Tensor | None, lead: int) -> torch.Tensor:
+    """The mean of ``values`` over every sequence token of a batch (padding left out; None:
+    every step), per leading index: ``[*values.shape[:lead]]``. What the logs call ponder cost,
+    ponder steps and repetitions: the computation spent per token."""
+    if tokens is None:
+        return values.flatten(lead).mean(-1)
+    w = tokens.to(values.dtype).expand_as(values)
+    return (values * w).flatten(lead).sum(-1) / w.flatten(lead).sum(-1).clamp(min=1)
+
+
 def objective(
     task: tasks.Task,
     logits: torch.Tensor,
@@ -208,19 +233,24 @@ def objective(
     info: dict[str, torch.Tensor],
     penalty: Penalty | float | torch.Tensor,
     ponder_loss: str = "mean",
+    tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence ``(loss, task_loss)``, ``[...]``: task loss + tau * ponder term (ACT), or
-    PonderNet's expected task loss + beta * KL(p || p_G). A bare number is tau."""
+    PonderNet's expected task loss + beta * KL(p || p_G). A bare number is tau.
+
+    The ponder term is over the sequence's own tokens, ``tokens`` (``task.tokens``, bool
+    ``[..., T]``; None: every step, for a batch without padding), so that padding neither
+    dilutes the penalty nor is rewarded for halting."""
     if not isinstance(penalty, Penalty):
         penalty = Penalty(tau=penalty)
     if "log_p" in info:
-        return _pondernet_objective(task, targets, info, penalty, ponder_loss)
+        return _pondernet_objective(task, targets, info, penalty, ponder_loss, tokens)
     task_loss = task.loss(logits, targets)
     tau = penalty.tau
     if isinstance(tau, float) and tau == 0.0:  # no penalty (Repeat, the RNN): nothing to add
         return task_loss, task_loss
     cost = info["ponder_cost"]  # rho_t = N(t) + R(t), (..., T)
-    ponder = cost.mean(-1) if ponder_loss == "mean" else cost.sum(-1)
+    ponder = per_token(cost, tokens, ponder_loss)
     return task_loss + tau * ponder, task_loss
 
 
@@ -230,9 +260,11 @@ def _pondernet_objective(
     info: dict[str, torch.Tensor],
     penalty: Penalty,
     ponder_loss: str,
+    tokens: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L_rec = sum_n p_t^n L(y_t, yhat_t^n) per token, its mean over the tokens with a target;
-    plus beta * KL(p_t || p_G), averaged (or summed) over time. Per sequence."""
+    plus beta * KL(p_t || p_G), averaged (or summed) over the sequence's tokens. Per
+    sequence."""
     log_p = info["log_p"]  # (..., T, N)
     per_step, valid = task.step_losses(info["step_logits"], targets)  # (..., T, N), (..., T)
     expected = (log_p.exp() * per_step).sum(-1)  # (..., T)
@@ -241,7 +273,7 @@ def _pondernet_objective(
     lam = penalty.lambda_p
     lam = lam.unsqueeze(-1) if isinstance(lam, torch.Tensor) else lam  # (K, 1, 1) over (K, B, T)
     kl = regulariser(log_p, lam)  # (..., T)
-    reg = kl.mean(-1) if ponder_loss == "mean" else kl.sum(-1)
+    reg = per_token(kl, tokens, ponder_loss)
     return rec + penalty.beta * reg, rec
 
 
@@ -267,7 +299,8 @@ def forward_backward(
     """
     extra = {} if uniforms is None else {"uniforms": uniforms}
     logits, info = net(x, **extra) if unroll is None else net(x, unroll=unroll, **extra)
-    loss_seq, task_loss = objective(task, logits, y, info, penalty, ponder_loss)
+    info = {**info, "tokens": task.tokens(x, y)}  # for the loss and the logged means
+    loss_seq, task_loss = objective(task, logits, y, info, penalty, ponder_loss, info["tokens"])
     loss = loss_seq.mean(-1)  # the batch mean, per run
     total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
     # While a CUDA graph records, the gradients are zeroed in place: the graph's update reads
@@ -279,14 +312,16 @@ def forward_backward(
 
 
 def window_terms(loss: torch.Tensor, info: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[..., len(WINDOW)]``: this step's loss, ponder cost, N, repetitions and a not-finite
-    flag (per run for an ensemble's ``[K]`` loss)."""
+    """``[..., len(WINDOW)]``: this step's loss, ponder cost, N, repetitions (means over the
+    batch's tokens, ``info["tokens"]``) and a not-finite flag (per run for an ensemble's
+    ``[K]`` loss)."""
     lead = loss.dim()
     means: dict[int, torch.Tensor] = {}  # Repeat's three are one tensor: its mean once
+    tokens = info.get("tokens")
 
-    def mean(t: torch.Tensor) -> torch.Tensor:  # over batch and time
+    def mean(t: torch.Tensor) -> torch.Tensor:  # over the batch's tokens
         if id(t) not in means:
-            means[id(t)] = t.flatten(lead).mean(-1)
+            means[id(t)] = token_mean(t, tokens, lead)
         return means[id(t)]
 
     terms = [loss, *(mean(info[k]) for k in WINDOW[1:4])]

@@ -35,6 +35,7 @@ from .engine import (
     eval_sets,
     matmul_precision,
     resolve_device,
+    token_mean,
     uses_graphs,
 )
 from .models import TaskNet
@@ -409,8 +410,10 @@ def evaluate(
     logits, info = eng.forward(x)
     net.train(training)
 
+    tokens = task.tokens(x, y)  # the padding is not computation spent on the sequence
+
     def mean(key: str) -> list[float]:
-        return info[key].flatten(1).mean(-1).tolist()
+        return token_mean(info[key], tokens, 1).tolist()
 
     return {
         f"{name}_accuracy": task.accuracy(logits, y).tolist(),

@@ -65,6 +65,16 @@ class Task(ABC):
         holds no input (padding).
         """
 
+    def tokens(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Which time steps belong to a sequence, bool ``[..., T]`` (``inputs [..., T, F]``,
+        ``targets [..., T]``): False on the padding after a shorter sequence's end.
+
+        ACT's ponder cost, PonderNet's KL and the logged ponder statistics are means over these
+        tokens, so that neither the penalty's weight nor the logged steps depend on how far a
+        batch is padded. Every step belongs by default (a task without padding).
+        """
+        return torch.ones(inputs.shape[:-1], dtype=torch.bool, device=inputs.device)
+
     def nonzero_features(self) -> range:
         """The input features (indices into ``input_size``) that this task's distribution can
         make non-zero. A held-out set that sets others asks the network about inputs whose

@@ -108,6 +108,10 @@ class Logic(BinaryTask):
         inputs = (tokens * valid.unsqueeze(-1)).float()
         return inputs, targets
 
+    def tokens(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The sequence's tokens: each has a target; the padding after its end has none."""
+        return targets != IGNORE
+
     def difficulty(self, inputs: torch.Tensor) -> torch.Tensor:
         """Number of gates of each token (0 after the sequence's end): ``[..., T]`` int64."""
         return (inputs[..., 2:] != 0).sum(-1)

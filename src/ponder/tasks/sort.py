@@ -63,6 +63,10 @@ class Sort(CategoricalTask):
         inputs[:, :most, 1] = (position == length - 1).float()  # end flag on the last number
         return inputs, targets
 
+    def tokens(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The sequence's 2L steps: reading its L numbers and answering with L indices."""
+        return self.difficulty(inputs) > 0
+
     def difficulty(self, inputs: torch.Tensor) -> torch.Tensor:
         """The sequence's length L on its 2L steps (reading and answering), 0 after: ``[..., T]``.
 
