@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sweeps import LOGS, make_paper_sweep, make_run, tiny_config
 
-from ponder import results, rundir, train
+from ponder import paper, results, rundir, train
 from ponder.config import RunConfig, resolve
 
 
@@ -78,27 +78,27 @@ def test_config_key_ignores_the_seed_and_fields_the_model_ignores() -> None:
 
 
 def test_paper_values() -> None:
-    def paper(**c: object) -> tuple[str, str, str]:
-        return results.paper_values(resolve(RunConfig(**c)))
+    def row(**c: object) -> tuple[str, str, str]:
+        return paper.paper_values(resolve(RunConfig(**c)))
 
-    assert paper(task="parity", model="act", tau=0.01) == ("yes", "53k", "1.81")
-    assert paper(task="addition", model="repeat", rho=5) == ("yes", "514k", "5")
-    assert paper(task="parity", model="act", tau=0.05) == ("", "", "")  # no such row
-    assert paper(task="logic", model="rnn") == ("", "", "")  # no such table
-    small = paper(task="parity", model="rnn", task_options={"bits": 8})
-    assert small == (results.REDUCED,) * 3
+    assert row(task="parity", model="act", tau=0.01) == ("yes", "53k", "1.81")
+    assert row(task="addition", model="repeat", rho=5) == ("yes", "514k", "5")
+    assert row(task="parity", model="act", tau=0.05) == ("", "", "")  # no such row
+    assert row(task="logic", model="rnn") == ("", "", "")  # no such table
+    small = row(task="parity", model="rnn", task_options={"bits": 8})
+    assert small == (paper.REDUCED,) * 3
     # another cell was "n/a (other cell)"; now every departure from the protocol is named
-    assert paper(task="parity", model="rnn", cell="gru") == ("differs: cell=gru",) * 3
-    assert paper(task="parity", model="act", tau=0.01, init="torch") == ("differs: init=torch",) * 3
-    many = paper(task="addition", model="act", tau=0.01, lr=1e-4, epsilon=0.1, hidden=256)
+    assert row(task="parity", model="rnn", cell="gru") == ("differs: cell=gru",) * 3
+    assert row(task="parity", model="act", tau=0.01, init="torch") == ("differs: init=torch",) * 3
+    many = row(task="addition", model="act", tau=0.01, lr=1e-4, epsilon=0.1, hidden=256)
     assert many == ("differs: hidden=256, lr=0.0001, epsilon=0.1",) * 3
     # the problem comes first: a reduced problem is not the paper's row whatever else differs
-    assert paper(task="parity", model="rnn", task_options={"bits": 8}, init="torch") == small
+    assert row(task="parity", model="rnn", task_options={"bits": 8}, init="torch") == small
 
 
 def test_protocol_differences_ignore_fields_the_model_ignores() -> None:
     def differs(**c: object) -> list[str]:
-        return results.protocol_differences(resolve(RunConfig(task="parity", **c)))
+        return paper.protocol_differences(resolve(RunConfig(task="parity", **c)))
 
     assert differs(model="act", tau=0.01) == []
     # ACT's settings mean nothing to the RNN and Repeat: None in identity(), never "differs"

@@ -6,6 +6,9 @@
                                     line per tau and the RNN as "no ACT" (the paper's 5 and 7)
     <task>-accuracy-rho.png         accuracy against training steps, one line per rho, the RNN
                                     as rho=1 (the paper's figures 2, 6 and 8)
+
+    The accuracy and ponder figures draw the paper's own curve for each configuration dashed
+    beside ours (``paper.figure_curve``), where the runs are the paper's problem.
     <task>-solved.png               the fraction of seeds solved against training steps, one
                                     Kaplan-Meier step line per configuration
     addition-ponder-position.png    trained ACT's repetitions per input position (figure 4)
@@ -31,7 +34,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
-from . import matched, metrics, rundir, tasks
+from . import matched, metrics, paper, rundir, tasks
 from .results import ADAPTIVE, ConfigRow, RunResult, probe_by_k, probe_ponder, quartiles
 from .rundir import RunError
 
@@ -52,7 +55,9 @@ CURVES_NOTE = (
     "each run smoothed as the criterion smooths it; thin lines: each seed; thick: the median over "
     "seeds, band: 25th-75th percentile. A seed stopped because it was solved keeps its last value "
     "to the end of the axis (dotted), so every step's median is over all seeds; unfinished, "
-    "failed or diverged seeds end where they stopped"
+    "failed or diverged seeds end where they stopped. Dashed, in the same colour: the paper's "
+    "own single run of that configuration as its figure plots it (Fojo et al. 2018, Figures 5 "
+    "to 8, already smoothed), up to our axis' end, where our runs are the paper's problem"
 )
 
 
@@ -118,6 +123,26 @@ def _plot_seeds(ax, runs: list[RunResult], column: str, end: int, label: str, co
     ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
 
 
+def _plot_paper(
+    ax, row: ConfigRow, panel: str, end: int, color, drawn: set[int], as_repeat: bool = False
+) -> None:
+    """The paper's plotted curve for ``row``'s configuration, dashed in the row's colour, up to
+    ``end`` (our runs' axis); nothing where the runs are not the paper's problem. The first
+    curve of each paper figure carries the legend entry "Fojo et al. 2018, Fig. N"."""
+    config = row.runs[0].config if row.runs and end > 0 else None
+    c = None if config is None else paper.figure_curve(config, panel, as_repeat)
+    if c is None:
+        return
+    keep = c.steps <= end
+    steps, values = c.steps[keep], c.values[keep]
+    if len(steps) < len(c.steps):  # end the dashed line at the axis' end, interpolated
+        steps = np.append(steps, end)
+        values = np.append(values, np.interp(end, c.steps, c.values))
+    label = f"{c.label} (dashed)" if c.figure not in drawn else None
+    drawn.add(c.figure)
+    ax.plot(steps, values, color=color, lw=1.2, ls="--", alpha=0.9, label=label)
+
+
 def _axis_end(rows: list[ConfigRow]) -> int:
     """The last step any run of ``rows`` logged: where carried curves end."""
     return max((r.last_step for row in rows for r in row.runs), default=0)
@@ -151,12 +176,16 @@ def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path, model: str =
         2, 1, sharex=True, figsize=(8, 7), gridspec_kw={"height_ratios": [2, 1]}
     )
     end = _axis_end(act + plain)
+    drawn: set[int] = set()
     for row, color in zip(act, _colors(len(act)), strict=True):
         _plot_seeds(top, row.runs, "accuracy", end, row.legend, color)
         _plot_seeds(bottom, row.runs, "repetitions_curve", end, row.legend, color)
+        _plot_paper(top, row, "accuracy", end, color, drawn)
+        _plot_paper(bottom, row, "ponder", end, color, set(drawn))
     for row in plain:
         label = f"no {name}" + (f" ({row.variant})" if row.variant else "")
         _plot_seeds(top, row.runs, "accuracy", end, label, "black")
+        _plot_paper(top, row, "accuracy", end, "black", drawn)
     top.set_title(
         f"{task}: {name}, median over all seeds (band: 25th-75th percentile), smoothed;\n"
         "solved seeds keep their last value (dotted)",
@@ -182,9 +211,11 @@ def plot_accuracy_rho(rows: list[ConfigRow], task: str, path: Path) -> bool:
     lines = [r for r in rows if r.task == task and r.model == "rnn"] + repeat
     fig, ax = plt.subplots(figsize=(8, 5))
     end = _axis_end(lines)
+    drawn: set[int] = set()
     for row, color in zip(lines, _colors(len(lines)), strict=True):
         label = f"rho=1 ({row.legend})" if row.model == "rnn" else row.legend
         _plot_seeds(ax, row.runs, "accuracy", end, label, color)
+        _plot_paper(ax, row, "accuracy", end, color, drawn, as_repeat=True)
     ax.set_title(
         f"{task}: Repeat-RNN, median over all seeds (band: 25th-75th percentile), smoothed;\n"
         "solved seeds keep their last value (dotted)",

@@ -27,12 +27,8 @@ from pathlib import Path
 from . import matched, rundir
 from .config import PONDERNET_DEFAULTS, TASK_DEFAULTS
 from .figures import build_figures
+from .paper import DIFFERS, PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES, PAPER_TASK_OPTIONS
 from .results import (
-    DIFFERS,
-    PAPER_BUDGET,
-    PAPER_TABLE_TITLE,
-    PAPER_TABLES,
-    PAPER_TASK_OPTIONS,
     STATUSES,
     ConfigRow,
     RunResult,
@@ -96,10 +92,10 @@ CSV_COLUMNS = [
     "median_steps_to_solve", "iqr25_steps_to_solve", "iqr75_steps_to_solve",
     "eval_solved", "eval_solved_wilson_low", "eval_solved_wilson_high",
     "median_eval_steps_to_solve", "iqr25_eval_steps_to_solve", "iqr75_eval_steps_to_solve",
-    "steps_followed", "median_repetitions", "median_ponder_steps", "median_expected_steps",
-    "finished",
+    "steps_followed", "median_repetitions", "median_floor_repetitions", "median_ponder_steps",
+    "median_expected_steps", "finished",
     "diverged", "failed", "unfinished", "provisional", "budget", "paper_solved",
-    "paper_steps_to_solve", "paper_repetitions",
+    "paper_steps_to_solve", "paper_repetitions", "paper_figure_steps_to_solve",
 ]  # fmt: skip
 
 
@@ -111,6 +107,10 @@ def _mean_steps(row: ConfigRow) -> str:
     if row.median_expected_steps is not None:
         text += f" / {row.median_expected_steps:.2f}"
     return text
+
+
+def _reps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
@@ -145,6 +145,7 @@ def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
             "iqr75_eval_steps_to_solve": _num(row.eval_q75_steps),
             "steps_followed": str(row.followed_steps),
             "median_repetitions": _num(row.median_repetitions),
+            "median_floor_repetitions": _num(row.median_floor_repetitions),
             "median_ponder_steps": _num(row.median_ponder_steps),
             "median_expected_steps": _num(row.median_expected_steps),
             **{s: str(row.counts.get(s, 0)) for s in STATUSES},
@@ -153,6 +154,7 @@ def csv_rows(rows: list[ConfigRow]) -> list[dict[str, str]]:
             "paper_solved": row.paper[0],
             "paper_steps_to_solve": row.paper[1],
             "paper_repetitions": row.paper[2],
+            "paper_figure_steps_to_solve": row.paper_figure,
         })  # fmt: skip
     return out
 
@@ -287,8 +289,14 @@ def write_markdown(
         "training-batch accuracy (binomial, batch 128, 300 logged points, window 71) a plateau "
         "at 97.5% is called solved in about 58% of runs, one at 97% in 7%, one at 96% in 0.4% "
         "(2,000 runs each); read it beside the held-out column, whose set is fixed. "
-        "*average repetitions*: median over runs of the last logged N(t) - 1 + R(t) for ACT (the "
-        "paper's column), rho for Repeat, the sampled halting step for PonderNet; *mean N*: "
+        "*average repetitions: last*: median over runs of the last logged N(t) - 1 + R(t) for "
+        "ACT, rho for Repeat, the sampled halting step for PonderNet; *paper's statistic*: the "
+        "median over runs of the mean over training of floor(N(t) - 1 + R(t)) at every log, "
+        "what the paper's tables report (their numbers match it on the paper's own curves); "
+        "*paper table*: the paper's Tables 1 and 2, one run per row; *paper figure*: the first "
+        "step at which the paper's plotted curve for the same configuration (its Figures 5 to "
+        "8, already smoothed; read between its vertices) reaches 98%. The tables and the "
+        "figures disagree: the plotted runs solve much later. *mean N*: "
         "ACT's mean ponder steps N(t), PonderNet's mean sampled halting step (what an inference "
         "that stops at the halt computes) and, after the slash, its expected steps sum_n n p_n. "
         "A model "
@@ -305,10 +313,12 @@ def write_markdown(
             lines += [f"Beside: {PAPER_TABLE_TITLE[task]}.", ""]
         else:
             lines += ["The Fojo et al. paper has no table for this task.", ""]
-        head = ["model", "solved", "steps to 98%", "held-out", "average repetitions", "mean N"]
+        head = ["model", "solved", "steps to 98%", "held-out"]
+        head += ["average repetitions: last", "average repetitions: paper's statistic", "mean N"]
         head += ["diverged / failed / unfinished"]
         if has_paper:
-            head += ["paper: solved", "paper: steps to 98%", "paper: average repetitions"]
+            head += ["paper table: solved", "paper table: steps to 98%"]
+            head += ["paper table: average repetitions", "paper figure: first step at 98%"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in mine:
             n = len(row.runs)
@@ -324,6 +334,7 @@ def write_markdown(
                     n,
                 ),
                 "-" if row.median_repetitions is None else f"{row.median_repetitions:.2f}",
+                _reps(row.median_floor_repetitions),
                 _mean_steps(row),
                 _status_note(row),
             ]
@@ -331,6 +342,8 @@ def write_markdown(
                 # said once, not in all three columns
                 once = row.paper[0].startswith(("n/a", DIFFERS))
                 cells += [row.paper[0], "", ""] if once else list(row.paper)
+                same = row.paper_figure == row.paper[0] and once
+                cells.append("" if same else row.paper_figure)
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         provisional = [f"{row.label} ({row.provisional})" for row in mine if row.provisional]
         if provisional:

@@ -19,7 +19,8 @@ from . import bench
 from . import sweep as sweeps
 from .config import ConfigError, RunConfig, from_dict, resolve, run_name
 from .engine import resolve_device
-from .results import PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES, fmt_tau
+from .paper import PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES
+from .results import fmt_tau
 
 FULL_GRIDS = {
     "parity": ["parity-table", "parity-tau", "parity-rho"],

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from . import metrics, rundir, tasks, train
-from .config import ACT_HALTING_BIAS, PONDER_FIELDS, TASK_DEFAULTS, RunConfig
+from .config import PONDER_FIELDS, RunConfig
 from .engine import halting_uniforms
+from .paper import figure_steps, mean_floor, paper_values
 from .rundir import RunError
 
 STATUSES = ("finished", "diverged", "failed", "unfinished")
@@ -47,49 +48,6 @@ REPORT_STATUS = {
 }
 CHUNK = 250  # sequences per forward pass when probing trained networks
 
-# The problems the papers trained on (SPEC.md); the task classes' defaults are the same values.
-PAPER_TASK_OPTIONS: dict[str, dict[str, int]] = {
-    "parity": {"bits": 64},
-    "addition": {"numbers": 5, "digits": 5},
-    "logic": {"max_length": 10, "gates": 10},
-    "sort": {"max_length": 15, "min_length": 2},
-}
-PAPER_BUDGET = 2_000_000  # training steps per run
-# Fojo et al. 2018, Table 1 (parity, tanh RNN 128) and Table 2 (addition, LSTM 512): one run each.
-# Keys: ("rnn", None), ("act", tau), ("repeat", rho); values: (solved, steps to 98%, repetitions).
-PAPER_TABLES: dict[str, dict[tuple[str, float | None], tuple[str, str, str]]] = {
-    "parity": {
-        ("rnn", None): ("no", "-", "1.00"),
-        ("act", 1e-1): ("no", "-", "1.00"),
-        ("act", 1e-2): ("yes", "53k", "1.81"),
-        ("act", 5e-3): ("yes", "356k", "2.03"),
-        ("act", 1e-3): ("yes", "55k", "2.04"),
-        ("repeat", 2): ("yes", "22k", "2"),
-        ("repeat", 3): ("yes", "49k", "3"),
-        ("repeat", 5): ("yes", "27k", "5"),
-        ("repeat", 8): ("yes", "26k", "8"),
-    },
-    "addition": {
-        ("rnn", None): ("no", "-", "1.00"),
-        ("act", 1e-1): ("no", "-", "1.01"),
-        ("act", 1e-2): ("yes", "899k", "5.08"),
-        ("act", 5e-3): ("yes", "988k", "6.74"),
-        ("act", 1e-3): ("no", "-", "11.91"),
-        ("repeat", 2): ("no", "-", "2"),
-        ("repeat", 3): ("yes", "997k", "3"),
-        ("repeat", 5): ("yes", "514k", "5"),
-        ("repeat", 8): ("yes", "576k", "8"),
-    },
-}
-PAPER_TABLE_TITLE = {
-    "parity": "Fojo et al. Table 1: parity, tanh RNN with 128 units",
-    "addition": "Fojo et al. Table 2: addition, LSTM with 512 cells",
-}
-REDUCED = "n/a (reduced problem)"
-DIFFERS = "differs: "  # + the settings that are not the paper's protocol, e.g. "init=torch"
-# The training protocol of the Fojo paper beyond the task's network (config.TASK_DEFAULTS): the
-# RunConfig defaults are the paper's values (SPEC.md, "Training protocol of the Fojo paper").
-PROTOCOL_FIELDS = ("init", "lr", "epsilon", "halting_bias", "ponder_loss")
 ADAPTIVE = ("act", "pondernet")  # the models whose steps per token vary
 
 
@@ -120,6 +78,15 @@ class RunResult:
     held_out: dict[str, dict[str, float | None]] = field(default_factory=dict)
     error: str = ""  # first line of error.txt for a failed run
     writer: int | None = None  # the PID of the process writing the run as it was read
+
+    @property
+    def floor_repetitions(self) -> float | None:
+        """The paper's "average repetitions" statistic of this run: the mean over its logged
+        steps of floor(repetitions) (``paper.mean_floor``), None before the first log."""
+        logged = np.isfinite(self.repetitions_curve)
+        if not logged.any():
+            return None
+        return mean_floor(self.steps[logged], self.repetitions_curve[logged], self.config.log_every)
 
     @property
     def last_step(self) -> int:
@@ -190,6 +157,10 @@ class ConfigRow:
     counts: dict[str, int] = field(default_factory=dict)  # runs per status
     provisional: str = ""  # why the numbers may still change ("" when they will not)
     paper: tuple[str, str, str] = ("", "", "")  # solved, steps to 98%, average repetitions
+    paper_figure: str = ""  # the paper's plotted curve: first step at 98% (paper.figure_steps)
+    # The tables' statistic of "average repetitions": the mean over training of floor(value)
+    # (paper.mean_floor), median over seeds; ``median_repetitions`` is the last logged value.
+    median_floor_repetitions: float | None = None
 
     @property
     def label(self) -> str:
@@ -310,57 +281,6 @@ def config_key(config: RunConfig) -> dict[str, Any]:
     }  # option names (bits, digits, ...) are not RunConfig fields
 
 
-def protocol_differences(config: RunConfig) -> list[str]:
-    """How ``config`` departs from the paper's protocol for its task, one "name=value" each.
-
-    The protocol: the task's network (``TASK_DEFAULTS``: cell, hidden, batch_size, max_ponder)
-    and ``PROTOCOL_FIELDS`` at RunConfig's defaults (init tf, lr 1e-3, epsilon 0.01, ponder_loss
-    mean, halting_bias 1). Fields the model ignores (None in ``identity``: ACT's for the RNN and
-    Repeat) never differ. Budget, logging and the solve criterion are not compared here.
-    """
-    defaults = {f.name: f.default for f in fields(RunConfig)}
-    defaults["halting_bias"] = ACT_HALTING_BIAS  # the config's None: "the model's own"
-    protocol = {**TASK_DEFAULTS.get(config.task, {}), **{k: defaults[k] for k in PROTOCOL_FIELDS}}
-    identity = config.identity()
-    out = []
-    for name, paper in protocol.items():
-        mine = identity.get(name)
-        if mine is None:
-            continue
-        same = math.isclose(mine, paper) if isinstance(paper, float) else mine == paper
-        if not same:
-            out.append(f"{name}={mine:g}" if isinstance(mine, float) else f"{name}={mine}")
-    return out
-
-
-def paper_values(config: RunConfig) -> tuple[str, str, str]:
-    """The paper's (solved, steps to 98%, average repetitions) for this run's row, if it has one.
-
-    Empty strings where the paper has no such row; ``REDUCED`` where it has the row but our
-    problem is smaller than the paper's; "differs: init=torch" (``DIFFERS`` and
-    ``protocol_differences``) where the run's network or training protocol is not the paper's.
-    """
-    table = PAPER_TABLES.get(config.task)
-    if table is None:
-        return ("", "", "")
-    if config.model == "act":
-        hit = next((k for k in table if k[0] == "act" and math.isclose(k[1], config.tau)), None)
-    elif config.model == "repeat":
-        hit = ("repeat", config.rho) if ("repeat", config.rho) in table else None
-    elif config.model == "rnn":
-        hit = ("rnn", None)
-    else:  # the Fojo paper has no PonderNet
-        hit = None
-    if hit is None:
-        return ("", "", "")
-    if config.task_options != PAPER_TASK_OPTIONS[config.task]:
-        return (REDUCED,) * 3
-    differs = protocol_differences(config)
-    if differs:
-        return (DIFFERS + ", ".join(differs),) * 3
-    return table[hit]
-
-
 def provisional_reason(runs: list[RunResult]) -> str:
     """Why a configuration's numbers may still change, in a few words ("" if they will not):
     runs crossing the threshold only where the filter extrapolates (``metrics.edge_crossing``),
@@ -464,6 +384,7 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
             variant=variant,
             runs=members,
             paper=paper_values(c),
+            paper_figure=figure_steps(c),
         )
         n = len(members)
         times, solved = zip(*(r.time_to_solve() for r in members), strict=True)
@@ -479,6 +400,7 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
         row.followed_steps = int(max(*times, *eval_times))
         row.provisional = provisional_reason(members)
         row.median_repetitions = _median([r.repetitions for r in members])
+        row.median_floor_repetitions = _median([r.floor_repetitions for r in members])
         if c.model in ADAPTIVE:
             row.median_ponder_steps = _median([r.ponder_steps for r in members])
         if c.model == "pondernet":
