@@ -47,6 +47,22 @@ def test_full_grid_with_a_smaller_budget_says_what_it_cannot_reproduce():
     assert "none of Fojo et al. Table 2's solved rows" in reproduce.budget_note("addition", 10**6)
 
 
+def test_parity_figures_trains_both_figure_grids_to_their_budget():
+    """Figures 5 and 6: the RNN, ACT at 7 tau, Repeat rho 2-12; 3 seeds, 200k steps, and no
+    run stops once solved (the paper's late collapses must stay in view)."""
+    grid = reproduce.full_grid("parity-figures")
+    configs = [r.config for r in grid.runs]
+    assert len(configs) == 3 * (1 + 7 + 11)
+    assert {c.seed for c in configs} == {0, 1, 2}
+    assert {c.steps for c in configs} == {200_000}
+    assert not any(c.stop_when_solved for c in configs)
+    assert {c.task_options["bits"] for c in configs} == {64}
+    assert "Figures 5 and 6" in grid.note and "3 seeds, 200,000 training steps" in grid.note
+    longer = reproduce.full_grid("parity-figures", seeds=1, budget=300_000)
+    assert {c.config.steps for c in longer.runs} == {300_000} and len(longer.runs) == 19
+    assert "1 seeds" not in longer.note and "300,000" in longer.note
+
+
 def test_quick_only_for_parity_and_extrapolation(capsys, tmp_path):
     for what in ("addition", "pondernet", "all"):
         assert main(["reproduce", what, "--quick", "--out", str(tmp_path)]) == 2

@@ -54,7 +54,7 @@ PROTOCOLS = {
         note=(
             "**Figures 5 and 6 (`reproduce parity-figures`).** The paper's grids parity-tau (the "
             "RNN and ACT at 7 time penalties) and parity-rho (Repeat rho = 1 to 12) on 64-bit "
-            "parity, {seeds} seeds, {budget:,} training steps per run instead of the paper's "
+            "parity, {seeds}, {budget:,} training steps per run instead of the paper's "
             "2,000,000, and every run trains its whole budget (no stop once solved), so that "
             "late collapses stay in view. The paper's curves are its single runs over 2,000,000 "
             "steps; compare ours with them up to {budget:,}."
@@ -242,7 +242,8 @@ def full_grid(task: str, seeds: int | None = None, budget: int | None = None) ->
     if protocol.note:
         some = grid.runs[0].config
         n_seeds = len({r.config.seed for r in grid.runs})
-        note = protocol.note.format(seeds=n_seeds, budget=some.steps)
+        seeds_text = f"{n_seeds} seed{'s' if n_seeds > 1 else ''}"
+        note = protocol.note.format(seeds=seeds_text, budget=some.steps)
         grid = dataclasses.replace(grid, note=note)
     elif budget is not None and budget != PAPER_BUDGET:
         note = (
