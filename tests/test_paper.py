@@ -86,3 +86,14 @@ def test_a_report_shows_the_paper_figure_column_and_both_repetitions(tmp_path: P
     text = (sweep / "report.md").read_text()
     assert "paper figure: first step at 98%" in text and "| 336k |" in text
     assert "Fojo et al. 2018, Figures 5" in text  # the figures' caption names the dashed curves
+
+
+def test_a_reduced_problem_is_said_once_for_table_and_figure(tmp_path: Path) -> None:
+    """Repeat rho = 4 has no Table 1 row but a Figure 6 curve: on a smaller problem the report
+    says "n/a (reduced problem)" once, in the first of the paper's columns."""
+    sweep = tmp_path / "s"
+    make_run(sweep, "r4", model="repeat", rho=4, task_options={"bits": 16})
+    report.build_report(sweep, difficulty_samples=0)
+    assert read_csv(sweep)[0]["paper_figure_steps_to_solve"] == paper.REDUCED
+    line = next(x for x in (sweep / "report.md").read_text().splitlines() if "Repeat rho=4" in x)
+    assert line.endswith(f"| {paper.REDUCED} |  |  |  |")

@@ -340,10 +340,14 @@ def write_markdown(
             ]
             if has_paper:
                 # said once, not in all three columns
-                once = row.paper[0].startswith(("n/a", DIFFERS))
-                cells += [row.paper[0], "", ""] if once else list(row.paper)
-                same = row.paper_figure == row.paper[0] and once
-                cells.append("" if same else row.paper_figure)
+                # "n/a (reduced problem)" or "differs: ..." said once, for table and figure
+                said = [
+                    t for t in (row.paper[0], row.paper_figure) if t.startswith(("n/a", DIFFERS))
+                ]
+                if said:
+                    cells += [said[0], "", "", ""]
+                else:
+                    cells += [*row.paper, row.paper_figure]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         provisional = [f"{row.label} ({row.provisional})" for row in mine if row.provisional]
         if provisional:
