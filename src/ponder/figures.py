@@ -6,9 +6,6 @@
                                     line per tau and the RNN as "no ACT" (the paper's 5 and 7)
     <task>-accuracy-rho.png         accuracy against training steps, one line per rho, the RNN
                                     as rho=1 (the paper's figures 2, 6 and 8)
-
-    The accuracy and ponder figures draw the paper's own curve for each configuration dashed
-    beside ours (``paper.figure_curve``), where the runs are the paper's problem.
     <task>-solved.png               the fraction of seeds solved against training steps, one
                                     Kaplan-Meier step line per configuration
     addition-ponder-position.png    trained ACT's repetitions per input position (figure 4)
@@ -18,7 +15,9 @@
                                     number of non-zero elements k, 1 to bits, the training range
                                     shaded (parity sweeps with held-out sets beyond it)
 
-Curves are each run's own smoothing (the paper's criterion), drawn thin per seed under the median
+The accuracy and ponder figures draw the paper's own curve for each configuration dashed beside
+ours (``paper.figure_curve``), where the runs are the paper's problem. Curves are each run's own
+smoothing (the paper's criterion), drawn thin per seed under the median
 over seeds with a 25th-75th percentile band. Curves over seeds drop no seed (SPEC.md, "Statistics
 over seeds"): a seed that stopped because it was solved keeps its last value to the end of the
 axis (``seed_curves``), so the median after it stopped is still over all seeds, not over the
@@ -131,7 +130,7 @@ def _plot_paper(
     curve of each paper figure carries the legend entry "Fojo et al. 2018, Fig. N"."""
     config = row.runs[0].config if row.runs and end > 0 else None
     c = None if config is None else paper.figure_curve(config, panel, as_repeat)
-    if c is None:
+    if c is None or c.steps[0] > end:  # nothing of it inside our axis
         return
     keep = c.steps <= end
     steps, values = c.steps[keep], c.values[keep]

@@ -54,8 +54,8 @@ PROTOCOLS = {
         note=(
             "**Figures 5 and 6 (`reproduce parity-figures`).** The paper's grids parity-tau (the "
             "RNN and ACT at 7 time penalties) and parity-rho (Repeat rho = 1 to 12) on 64-bit "
-            "parity, {seeds}, {budget:,} training steps per run instead of the paper's "
-            "2,000,000, and every run trains its whole budget (no stop once solved), so that "
+            "parity, {seeds}, {budget:,} training steps per run (the paper's: 2,000,000), "
+            "and every run trains its whole budget (no stop once solved), so that "
             "late collapses stay in view. The paper's curves are its single runs over 2,000,000 "
             "steps; compare ours with them up to {budget:,}."
         ),

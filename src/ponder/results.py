@@ -66,10 +66,10 @@ class RunResult:
     accuracy: np.ndarray  # training accuracy per log, [L]
     repetitions_curve: np.ndarray  # the repetitions column per log, [L]
     steps_to_solve: int | None  # paper criterion, recomputed from metrics.csv
-    # A smoothed crossing only in the last half window, unconfirmed (``metrics.edge_crossing``):
-    # not a solve; the run is censored at its last step and its row marked provisional.
     eval_steps_to_solve: int | None  # first log with held-out accuracy >= threshold
     repetitions: float | None  # the repetitions of the last logged row
+    # A smoothed crossing only in the last half window, unconfirmed (``metrics.edge_crossing``):
+    # not a solve; the run is censored at its last step and its row marked provisional.
     edge_crossing_at: int | None
     ponder_steps: float | None  # N(t) (ACT) or the sampled halting step (PonderNet), last row
     expected_steps: float | None = None  # PonderNet's sum_n n p^n of the last logged row
@@ -82,7 +82,8 @@ class RunResult:
     @property
     def floor_repetitions(self) -> float | None:
         """The paper's "average repetitions" statistic of this run: the mean over its logged
-        steps of floor(repetitions) (``paper.mean_floor``), None before the first log."""
+        steps of floor(repetitions) (``paper.mean_floor``), None before the first log. The
+        paper's runs all trained 2M steps; a run stopped once solved averages up to its stop."""
         logged = np.isfinite(self.repetitions_curve)
         if not logged.any():
             return None
@@ -293,7 +294,8 @@ def provisional_reason(runs: list[RunResult]) -> str:
         at = ", ".join(f"{r.edge_crossing_at / 1000:g}k of {r.last_step / 1000:g}k" for r in edge)
         reasons.append(
             f"{len(edge)} run{'s' if len(edge) > 1 else ''} crossing the threshold only in the "
-            f"last half window, not yet confirmed ({at}): counted as not solved"
+            f"last half window, not yet confirmed ({at}): counted as not solved; more steps "
+            "could confirm or undo it"
         )
     unfinished = sum(r.status == "unfinished" for r in runs)
     if unfinished:
