@@ -65,7 +65,7 @@ def test_padding_changes_no_loss_gradient_or_logged_value(model: str, knobs: dic
     with torch.no_grad():
         _, info = net(x)
     assert float(engine.token_mean(info["ponder_cost"], None, 0)) != pytest.approx(
-        float(padded[2][1])
+        float(padded[2][1].detach())
     )
 
 
