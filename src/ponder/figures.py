@@ -175,12 +175,13 @@ def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path, model: str =
         2, 1, sharex=True, figsize=(8, 7), gridspec_kw={"height_ratios": [2, 1]}
     )
     end = _axis_end(act + plain)
-    drawn: set[int] = set()
+    drawn: set[int] = set()  # the paper figures already in each panel's legend
+    drawn_bottom: set[int] = set()
     for row, color in zip(act, _colors(len(act)), strict=True):
         _plot_seeds(top, row.runs, "accuracy", end, row.legend, color)
         _plot_seeds(bottom, row.runs, "repetitions_curve", end, row.legend, color)
         _plot_paper(top, row, "accuracy", end, color, drawn)
-        _plot_paper(bottom, row, "ponder", end, color, set(drawn))
+        _plot_paper(bottom, row, "ponder", end, color, drawn_bottom)
     for row in plain:
         label = f"no {name}" + (f" ({row.variant})" if row.variant else "")
         _plot_seeds(top, row.runs, "accuracy", end, label, "black")
