@@ -50,33 +50,40 @@ def first_crossing(values: Sequence[float], threshold: float) -> int | None:
     return int(hits[0]) if hits.size else None
 
 
-def confirmed_crossing(
+def crossings(
     values: Sequence[float], threshold: float = PAPER_THRESHOLD, window: int = PAPER_WINDOW
-) -> int | None:
-    """Index of the first smoothed value >= ``threshold`` that half a window of later points
-    confirms, or None.
+) -> tuple[int | None, int | None]:
+    """``(confirmed, edge)`` from one smoothing of ``values``: the index of the first smoothed
+    value >= ``threshold`` that half a window of later points confirms, and, when there is
+    none, the index of a crossing that lies only in the last half window (each None if absent).
 
     In the last half window the Savitzky-Golay filter has no centred window: its value there is
     the cubic fitted to the last ``window`` points, extrapolated towards the end. A crossing
     there is the polynomial's, not the data's, and more training could undo it. So a crossing
     counts only at an index i with ``window // 2`` logged points after it (the window the curve
-    was smoothed with, ``smoothing_window``).
+    was smoothed with, ``smoothing_window``); an edge crossing is a run that may be about to
+    solve, which the criterion does not count yet.
     """
     y = smooth(values, window)
     half = smoothing_window(len(y), window) // 2
-    i = first_crossing(y[: max(0, len(y) - half)], threshold)
-    return i
+    confirmed = first_crossing(y[: max(0, len(y) - half)], threshold)
+    return confirmed, (first_crossing(y, threshold) if confirmed is None else None)
+
+
+def confirmed_crossing(
+    values: Sequence[float], threshold: float = PAPER_THRESHOLD, window: int = PAPER_WINDOW
+) -> int | None:
+    """Index of the first smoothed value >= ``threshold`` confirmed by half a window of later
+    points, or None (``crossings``)."""
+    return crossings(values, threshold, window)[0]
 
 
 def edge_crossing(
     values: Sequence[float], threshold: float = PAPER_THRESHOLD, window: int = PAPER_WINDOW
 ) -> int | None:
     """Index of a smoothed crossing of ``threshold`` that lies only in the last half window
-    (no confirmed crossing before it), or None: a run that may be about to solve, which the
-    criterion does not count yet."""
-    if confirmed_crossing(values, threshold, window) is not None:
-        return None
-    return first_crossing(smooth(values, window), threshold)
+    (no confirmed crossing before it), or None (``crossings``)."""
+    return crossings(values, threshold, window)[1]
 
 
 def steps_to_solve(

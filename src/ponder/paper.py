@@ -97,6 +97,17 @@ def protocol_differences(config: RunConfig) -> list[str]:
     return out
 
 
+def _departure(config: RunConfig) -> str:
+    """Why ``config`` is not the paper's problem, as a report cell: ``REDUCED`` where the task's
+    problem is another size than the paper's, "differs: ..." (``protocol_differences``) where
+    its network or training protocol is not the paper's, "" where it is the paper's problem.
+    The problem comes first: a reduced problem is not the paper's whatever else differs."""
+    if config.task_options != PAPER_TASK_OPTIONS.get(config.task):
+        return REDUCED
+    differs = protocol_differences(config)
+    return DIFFERS + ", ".join(differs) if differs else ""
+
+
 def paper_values(config: RunConfig) -> tuple[str, str, str]:
     """The paper's (solved, steps to 98%, average repetitions) for this run's row, if it has one.
 
@@ -117,12 +128,8 @@ def paper_values(config: RunConfig) -> tuple[str, str, str]:
         hit = None
     if hit is None:
         return ("", "", "")
-    if config.task_options != PAPER_TASK_OPTIONS[config.task]:
-        return (REDUCED,) * 3
-    differs = protocol_differences(config)
-    if differs:
-        return (DIFFERS + ", ".join(differs),) * 3
-    return table[hit]
+    departure = _departure(config)
+    return (departure,) * 3 if departure else table[hit]
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,15 +137,6 @@ def paper_values(config: RunConfig) -> tuple[str, str, str]:
 
 CURVES_FILE = "data/fojo2018/figure_curves.csv.gz"
 CITATION = "Fojo et al. 2018"
-# Which figure draws which family of curves (Figure 2 repeats Figure 8: the same drawing).
-FIGURES = {
-    ("parity", "act"): 5,
-    ("parity", "rnn"): 5,
-    ("parity", "repeat"): 6,
-    ("addition", "act"): 7,
-    ("addition", "rnn"): 7,  # "Without ACT", the plain LSTM
-    ("addition", "repeat"): 8,
-}
 
 
 @dataclass(frozen=True)
@@ -233,14 +231,15 @@ def mean_floor(steps: np.ndarray, values: np.ndarray, every: int = 1000) -> floa
     return float(np.floor(np.interp(grid, steps, values) + 1e-9).mean())
 
 
-def is_papers_problem(config: RunConfig) -> bool:
-    """Whether ``config`` trains what the paper's curves show: its task and problem size, its
-    network and protocol (``protocol_differences``), and a model the paper drew."""
-    return (
-        config.model in ("rnn", "act", "repeat")
-        and PAPER_TASK_OPTIONS.get(config.task) == config.task_options
-        and not protocol_differences(config)
-    )
+def _drawn_curve(config: RunConfig, panel: str, as_repeat: bool = False) -> Curve | None:
+    """The paper's plotted curve of ``config``'s method and knob on its task, whatever the
+    problem's size or protocol (None where the paper drew none)."""
+    if as_repeat and config.model == "rnn":
+        return curve(config.task, "repeat", 1, panel)
+    if config.model not in ("rnn", "act", "repeat"):
+        return None
+    knob = {"act": config.tau, "repeat": config.rho}.get(config.model)
+    return curve(config.task, config.model, knob, panel)
 
 
 def figure_curve(
@@ -249,12 +248,7 @@ def figure_curve(
     """The paper's plotted curve for ``config``'s configuration (``panel``: accuracy, or ponder
     for ACT), or None where the paper drew none or the run is not the paper's problem.
     ``as_repeat``: the plain network as the Repeat figures draw it (rho = 1)."""
-    if not is_papers_problem(config):
-        return None
-    if as_repeat and config.model == "rnn":
-        return curve(config.task, "repeat", 1, panel)
-    knob = {"act": config.tau, "repeat": config.rho}.get(config.model)
-    return curve(config.task, config.model, knob, panel)
+    return None if _departure(config) else _drawn_curve(config, panel, as_repeat)
 
 
 def figure_steps(config: RunConfig, threshold: float = 0.98) -> str:
@@ -262,17 +256,12 @@ def figure_steps(config: RunConfig, threshold: float = 0.98) -> str:
     the plotted vertices), "never (max 93.4%)" within the plotted steps, ``REDUCED`` or
     "differs: ..." where the run is not the paper's problem, "" where the paper drew no such
     curve."""
-    if config.model not in ("rnn", "act", "repeat"):
-        return ""
-    knob = {"act": config.tau, "repeat": config.rho}.get(config.model)
-    c = curve(config.task, config.model, knob)
+    c = _drawn_curve(config, "accuracy")
     if c is None:
         return ""
-    if PAPER_TASK_OPTIONS.get(config.task) != config.task_options:
-        return REDUCED
-    differs = protocol_differences(config)
-    if differs:
-        return DIFFERS + ", ".join(differs)
+    departure = _departure(config)
+    if departure:
+        return departure
     at = first_step_at(c, threshold)
     if at is None:
         return f"never in {c.steps[-1] / 1000:,.0f}k (max {c.values.max():.1%})"

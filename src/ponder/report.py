@@ -335,7 +335,7 @@ def write_markdown(
                     row.followed_steps,
                     n,
                 ),
-                "-" if row.median_repetitions is None else f"{row.median_repetitions:.2f}",
+                _reps(row.median_repetitions),
                 _reps(row.median_floor_repetitions),
                 _mean_steps(row),
                 _status_note(row),
@@ -377,7 +377,7 @@ def write_markdown(
             status = f"{r.status}: {r.error}" if r.error else r.status
             if r.writer is not None:
                 status += f" (being written by process {r.writer} as this was read)"
-            reps = "-" if r.repetitions is None else f"{r.repetitions:.2f}"
+            reps = _reps(r.repetitions)
             cells = [r.path.name, str(r.config.seed), status, f"{last:,}"]
             solved = fmt_steps(r.steps_to_solve)
             if r.edge_crossing_at is not None:

@@ -68,7 +68,7 @@ class RunResult:
     steps_to_solve: int | None  # paper criterion, recomputed from metrics.csv
     eval_steps_to_solve: int | None  # first log with held-out accuracy >= threshold
     repetitions: float | None  # the repetitions of the last logged row
-    # A smoothed crossing only in the last half window, unconfirmed (``metrics.edge_crossing``):
+    # A smoothed crossing only in the last half window, unconfirmed (``metrics.crossings``):
     # not a solve; the run is censored at its last step and its row marked provisional.
     edge_crossing_at: int | None
     ponder_steps: float | None  # N(t) (ACT) or the sampled halting step (PonderNet), last row
@@ -197,10 +197,9 @@ def read_run(run_dir: Path) -> RunResult:
 
     steps = np.array([r["step"] for r in rows], dtype=np.int64)
     accuracy = column("train_accuracy")
-    stp = metrics.steps_to_solve(
-        steps.tolist(), accuracy.tolist(), config.solve_threshold, config.solve_window
-    )
-    edge = metrics.edge_crossing(accuracy.tolist(), config.solve_threshold, config.solve_window)
+    # the paper's criterion (``metrics.steps_to_solve``) and an unconfirmed edge crossing, from
+    # one smoothing
+    solve, edge = metrics.crossings(accuracy, config.solve_threshold, config.solve_window)
     i = metrics.first_crossing(column("eval_accuracy"), config.solve_threshold)
 
     raw = rundir.status(run_dir, config)
@@ -216,7 +215,7 @@ def read_run(run_dir: Path) -> RunResult:
         steps=steps,
         accuracy=accuracy,
         repetitions_curve=column("repetitions"),
-        steps_to_solve=stp,
+        steps_to_solve=None if solve is None else int(steps[solve]),
         eval_steps_to_solve=None if i is None else int(steps[i]),
         repetitions=last.get("repetitions"),
         edge_crossing_at=None if edge is None else int(steps[edge]),
@@ -284,7 +283,7 @@ def config_key(config: RunConfig) -> dict[str, Any]:
 
 def provisional_reason(runs: list[RunResult]) -> str:
     """Why a configuration's numbers may still change, in a few words ("" if they will not):
-    runs crossing the threshold only where the filter extrapolates (``metrics.edge_crossing``),
+    runs crossing the threshold only where the filter extrapolates (``metrics.crossings``),
     runs not finished yet, or runs with fewer logged points than their smoothing window (the
     criterion then smoothed over the shorter ``metrics.smoothing_window``; more points may move
     the crossing)."""
