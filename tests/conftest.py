@@ -82,7 +82,7 @@ def tiny_grid():
 def tanh_form(request, monkeypatch):
     """Run a test with each form of tanh (``ponder.tanh``): torch's kernel everywhere, or the
     sigmoid form at every size (its threshold is 0), so small test networks cover both."""
-    from ponder import tanh as tanh_mod
+    from ponder.kernels import tanh as tanh_mod
 
     small = 0 if request.param == "sigmoid" else 1 << 60
     monkeypatch.setattr(tanh_mod, "_SMALL", small)

@@ -6,6 +6,8 @@ import torch
 from ponder import bench, engine
 from ponder.cli import main
 from ponder.config import RunConfig, resolve
+from ponder.methods import method
+from ponder.methods.naive import copy_weights, naive_loss, naive_model
 
 
 def _pair(model, task, options, **fields):
@@ -14,7 +16,7 @@ def _pair(model, task, options, **fields):
     )
     task_obj, spec = engine.build(config)
     net = bench._init_net(config, spec, 3)
-    naive = bench.copy_weights(bench.naive_model(config, task_obj), net)
+    naive = copy_weights(naive_model(config, task_obj, method(model).naive), net)
     x, y = task_obj.sample(9, torch.Generator().manual_seed(1))
     return config, task_obj, net, naive, x, y
 
@@ -31,8 +33,8 @@ def test_naive_act_matches_ponder(task, options, cell):
     torch.testing.assert_close(n_logits, logits)
     torch.testing.assert_close(n_cost, info["ponder_cost"])
     # the same loss, and the same gradients through the remainder
-    loss, _ = engine.objective(task_obj, logits, y, info, 0.01)
-    n_loss = bench.naive_loss(task_obj, n_logits, y, n_cost, 0.01)
+    loss, _ = engine.objective(method("act"), task_obj, logits, y, info, {"tau": 0.01})
+    n_loss = naive_loss(task_obj, n_logits, y, n_cost, 0.01)
     torch.testing.assert_close(n_loss, loss.mean())
     loss.mean().backward()
     n_loss.backward()
@@ -49,8 +51,8 @@ def test_naive_repeat_matches_ponder(model, rho, task, options):
     n_logits, n_cost = naive(x)
     torch.testing.assert_close(n_logits, logits)
     torch.testing.assert_close(n_cost, info["ponder_cost"])
-    loss, _ = engine.objective(task_obj, logits, y, info, 0.0)
-    torch.testing.assert_close(bench.naive_loss(task_obj, n_logits, y, n_cost, 0.0), loss.mean())
+    loss, _ = engine.objective(method(model), task_obj, logits, y, info, {})
+    torch.testing.assert_close(naive_loss(task_obj, n_logits, y, n_cost, 0.0), loss.mean())
 
 
 def test_run_bench_writes_table(tmp_path, capsys):

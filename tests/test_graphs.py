@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from ponder import engine, ensemble, graphs, rundir, train
-from ponder import tanh as ponder_tanh
 from ponder.cli import main
+from ponder.kernels import tanh as ponder_tanh
+from ponder.methods import pondernet
 from ponder.models import ModelSpec, build_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -99,7 +100,7 @@ def _stepper(config, record_graphs: bool, record=graphs.Emulated):
     stepper = graphs.Stepper(
         sample=lambda: task.sample(config.batch_size, gen),
         grad=lambda x, y, unroll: engine.forward_backward(
-            net, opt, task, x, y, engine.effective_tau(config), unroll=unroll
+            net, opt, task, x, y, net.method, net.method.loss_weights(config), unroll=unroll
         ),
         opt=opt,
         window=window,
@@ -255,7 +256,7 @@ def test_recorded_steps_make_no_tensor_from_host_data(tiny, monkeypatch, task, f
     or a CPU tensor moved to the device, which CUDA graph capture refuses."""
     _patch_graphs(monkeypatch)
     # the paths a GPU takes: torch's tanh, PonderNet's autograd unroll
-    monkeypatch.setattr(ensemble, "HAND_WRITTEN_PONDERNET", set())
+    monkeypatch.setattr(pondernet, "HAND_WRITTEN_PONDERNET", set())
     monkeypatch.setattr(ponder_tanh, "_SMALL", 1 << 60)
     replays = []
     replay = graphs.Emulated.replay

@@ -34,7 +34,7 @@ def _net(model: str, **knobs: object):
 def _step(config, task, net, x, y, uniforms):
     opt = engine.make_adam(net.parameters(), 1e-3, torch.device("cpu"), False)
     loss, task_loss, _, info = engine.forward_backward(
-        net, opt, task, x, y, engine.Penalty.of([config], torch.device("cpu")),
+        net, opt, task, x, y, net.method, engine.loss_weights([config], torch.device("cpu")),
         config.ponder_loss, uniforms=uniforms,
     )  # fmt: skip
     grads = [p.grad.clone() for p in net.parameters()]

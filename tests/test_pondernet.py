@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 import ponder
-from ponder.act import ACT
-from ponder.pondernet import PonderNet, regulariser
+from ponder.methods.act import ACT
+from ponder.methods.pondernet import PonderNet, regulariser
 
 FEATURES, HIDDEN, STEPS, BATCH = 5, 7, 6, 4
 

@@ -33,7 +33,8 @@ def test_loss_is_the_expected_task_loss_plus_beta_kl_per_token():
         logits, info = net(x.double(), uniforms=u)
     beta, lam = 0.07, 0.3
     with torch.no_grad():
-        loss, rec = engine.objective(task, logits, y, info, engine.Penalty(beta=beta, lambda_p=lam))
+        weights = {"beta": beta, "lambda_p": lam}
+        loss, rec = engine.objective(net.method, task, logits, y, info, weights)
     prior = _prior(lam, 4)
     for b in range(5):
         rec_terms, kl_terms = [], []

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ponder import Repeat
-from ponder.repeat import repeat_tokens
+from ponder.methods.repeat import repeat_tokens
 
 
 def _manual(rnn: nn.Module, x: torch.Tensor, rho: int, state=None):

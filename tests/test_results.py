@@ -15,6 +15,7 @@ from sweeps import LOGS, make_paper_sweep, make_run, tiny_config
 
 from ponder import paper, results, rundir, train
 from ponder.config import RunConfig, resolve
+from ponder.methods import fmt_tau
 
 
 @pytest.fixture
@@ -160,7 +161,7 @@ def test_provisional_when_fewer_points_than_the_window(tmp_path: Path) -> None:
 
 
 def test_fmt_tau() -> None:
-    assert [results.fmt_tau(t) for t in (0.1, 0.01, 0.005, 0.001, 1.0)] == [
+    assert [fmt_tau(t) for t in (0.1, 0.01, 0.005, 0.001, 1.0)] == [
         "1e-1", "1e-2", "5e-3", "1e-3", "1e0",
     ]  # fmt: skip
 

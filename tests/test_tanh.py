@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ponder import tanh as tanh_mod
+from ponder.kernels import tanh as tanh_mod
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-15), (torch.float32, 3e-7)])

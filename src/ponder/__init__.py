@@ -2,9 +2,7 @@
 and the experiments of Graves (2016), Fojo, Campos and Giro-i-Nieto (2018) and Banino et al.
 (2021)."""
 
-from .act import ACT
-from .pondernet import PonderNet
-from .repeat import Repeat
+from .methods import ACT, PonderNet, Repeat
 
 __all__ = ["ACT", "PonderNet", "Repeat"]
 __version__ = "0.1.0"

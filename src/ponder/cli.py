@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve, run_name
 from .memory import keep_freed_memory
+from .methods import METHODS
 
 DESCRIPTION = (
     "Adaptive Computation Time and Repeat-RNN experiments: train one run, sweep a grid of runs, "
@@ -58,7 +59,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--config", type=Path, help="YAML file with any of the options below (flags win)")
     a("--task", help="parity | addition | logic | sort")
-    a("--model", help="rnn | act | repeat | pondernet")
+    a("--model", help=" | ".join(METHODS))
     a("--cell", help="rnn | gru | lstm (default: the paper's for the task)")
     a("--hidden", type=int, help="units of the recurrent layer")
     a("--tau", type=float, help="ACT's time penalty")

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from . import tasks
+from .methods import METHODS, UnknownMethod, method
 
 
 class ConfigError(ValueError):
@@ -33,7 +34,6 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "logic": {"cell": "lstm", "hidden": 128, "batch_size": 16, "max_ponder": 100},
     "sort": {"cell": "lstm", "hidden": 512, "batch_size": 16, "max_ponder": 100},
 }
-MODELS = ("rnn", "act", "repeat", "pondernet")
 CELLS = ("rnn", "gru", "lstm")
 DEVICES = ("auto", "cpu", "cuda")
 INITS = ("tf", "torch")
@@ -42,22 +42,23 @@ PONDER_LOSSES = ("mean", "sum")
 # Fields that change what a run computes. A run directory refuses a config that differs in any of
 # these; the others (budget, stopping, device, logging to screen) may change on resume.
 RESUMABLE_FIELDS = ("steps", "stop_when_solved", "device", "cuda_graphs", "progress")
-# The fields each model reads of the ponder options; the others ignore them (a fixed ponder cost
-# is no penalty). ``identity`` sets ignored fields to None, so they never make two runs differ.
-MODEL_FIELDS: dict[str, tuple[str, ...]] = {
-    "rnn": (),
-    "act": ("tau", "epsilon", "max_ponder", "halting_bias", "ponder_loss"),
-    "repeat": ("rho",),
-    "pondernet": ("lambda_p", "beta", "max_ponder", "halting_bias", "ponder_loss"),
-}
-PONDER_FIELDS = tuple(dict.fromkeys(f for fs in MODEL_FIELDS.values() for f in fs))
-# What may differ between the members of one stacked ensemble (besides the resumable fields).
-ENSEMBLE_MEMBER_FIELDS = ("seed", "tau", "lambda_p", "beta")
 FLOAT_FIELDS = ("tau", "epsilon", "halting_bias", "lr", "solve_threshold", "lambda_p", "beta")
-# PonderNet's own defaults where the field is shared with ACT (Banino et al.: N = 20; an
-# unbiased halting unit).
-PONDERNET_DEFAULTS = {"max_ponder": 20, "halting_bias": 0.0}
-ACT_HALTING_BIAS = 1.0  # Graves: b_h starts at 1 so that early steps do not halt by chance
+# A shared ponder field that neither the method (``MethodSpec.defaults``) nor the task sets:
+# Graves' b_h = 1, so that early steps do not halt by chance.
+HALTING_BIAS = 1.0
+
+
+def ponder_fields() -> tuple[str, ...]:
+    """Every field some method of the table reads (``MethodSpec.fields``). A method reads its
+    own; ``identity`` sets the others to None, so they never make two runs differ."""
+    return tuple(dict.fromkeys(f for spec in METHODS.values() for f in spec.fields))
+
+
+def ensemble_member_fields() -> tuple[str, ...]:
+    """What may differ between the members of one stacked ensemble (besides the resumable
+    fields): the seed and each method's ``per_member`` fields (ACT's tau, PonderNet's beta and
+    lambda_p)."""
+    return ("seed", *dict.fromkeys(f for spec in METHODS.values() for f in spec.per_member))
 
 
 @dataclass
@@ -108,8 +109,8 @@ class RunConfig:
         d = self.to_dict()
         for k in (*RESUMABLE_FIELDS, *ignore):
             d.pop(k, None)
-        used = MODEL_FIELDS.get(self.model, PONDER_FIELDS)
-        for k in PONDER_FIELDS:
+        used = method(self.model).fields
+        for k in ponder_fields():
             if k in d and k not in used:
                 d[k] = None
         return d
@@ -120,8 +121,8 @@ class RunConfig:
 
     def ensemble_key(self) -> str:
         """Runs with the same key can train as one stacked ensemble: the same computation but
-        for ``ENSEMBLE_MEMBER_FIELDS``, on the same device and path."""
-        d = self.identity(ENSEMBLE_MEMBER_FIELDS)
+        for ``ensemble_member_fields()``, on the same device and path."""
+        d = self.identity(ensemble_member_fields())
         return json.dumps(
             {**d, "device": self.device, "cuda_graphs": self.cuda_graphs}, sort_keys=True
         )
@@ -215,17 +216,19 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ConfigError(f"task {c.task}: {e}") from None
     c.task_options = _task_options(task, c.task_options)
     c.eval_sets = _eval_sets(c, task)
-    if c.model == "pondernet":
-        for k, v in PONDERNET_DEFAULTS.items():
-            if getattr(c, k) is None:
-                setattr(c, k, v)
+    try:
+        spec = method(c.model)
+    except UnknownMethod as e:
+        raise ConfigError(str(e)) from None
+    for k, v in spec.defaults.items():
+        if getattr(c, k) is None:
+            setattr(c, k, v)
     if c.halting_bias is None:
-        c.halting_bias = ACT_HALTING_BIAS
+        c.halting_bias = HALTING_BIAS
     for k, v in TASK_DEFAULTS[c.task].items():
         if getattr(c, k) is None:
             setattr(c, k, v)
     checks = [
-        (c.model in MODELS, f"unknown model {c.model!r} (known: {', '.join(MODELS)})"),
         (c.cell in CELLS, f"unknown cell {c.cell!r} (known: {', '.join(CELLS)})"),
         (c.device in DEVICES, f"unknown device {c.device!r} (known: {', '.join(DEVICES)})"),
         (c.init in INITS, f"unknown init {c.init!r} (known: {', '.join(INITS)})"),
@@ -324,15 +327,13 @@ def _ranges(indices: list[int]) -> str:
 def run_name(config: RunConfig, varied: dict[str, Any] | None = None) -> str:
     """``act-tau0.01-seed3``: the model, its own knob, other ``varied`` values, the seed. Sweeps
     name their run directories so, and ``ponder train`` its default ``runs/TASK-NAME``."""
+    spec = method(config.model)
     parts = [config.model]
-    if config.model == "act":
-        parts.append(f"tau{config.tau:g}")
-    elif config.model == "repeat":
-        parts.append(f"rho{config.rho}")
-    elif config.model == "pondernet":
-        parts.append(f"lambdap{config.lambda_p:g}")
+    if spec.knob is not None:
+        parts.append(spec.knob.name_part(getattr(config, spec.knob.field)))
+    knobs = {s.knob.field for s in METHODS.values() if s.knob is not None}
     for key, value in (varied or {}).items():
-        if key in ("model", "tau", "rho", "lambda_p"):
+        if key == "model" or key in knobs:
             continue
         leaf = key.split(".")[-1].replace("_", "")
         parts.append(f"{leaf}{value:g}" if isinstance(value, float) else f"{leaf}{value}")

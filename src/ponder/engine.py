@@ -6,12 +6,10 @@ kernels; ``ensemble.Stacked`` is K runs stacked into one model. Both expose the 
 (``Engine``), so the log step, divergence, checkpoints, held-out evaluation, stopping and the
 summary are written once, in the loop.
 
-The loss is the authors' code's: per sequence, the task loss (mean over its classifications)
-plus tau times the ponder cost averaged over time steps (``ponder_loss="sum"``: summed, as in
-Graves), then the batch mean. PonderNet's is the task loss of every step's prediction weighted
-by p, plus beta times KL(p || p_G) averaged over time steps, then the batch mean. The optimizer
-is the paper's Adam. Every random number comes from a generator seeded from the run's seed
-(``derive_seed``): the same seed gives the same run.
+The loss is the method's own (``MethodSpec.loss``: ACT's in methods/act.py, PonderNet's in
+methods/pondernet.py), per sequence, then the batch mean. The optimizer is the paper's Adam.
+Every random number comes from a generator seeded from the run's seed (``derive_seed``): the
+same seed gives the same run.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -27,8 +24,8 @@ import torch
 from . import tasks
 from .config import RunConfig
 from .graphs import Stepper
+from .methods import MethodSpec, method
 from .models import ModelSpec, TaskNet, build_model
-from .pondernet import regulariser
 from .rundir import RunError
 
 # Window sums accumulated on the device between logs (no host sync inside a step), per run.
@@ -91,32 +88,17 @@ def build(config: RunConfig) -> tuple[tasks.Task, ModelSpec]:
     return task, spec
 
 
-def effective_tau(config: RunConfig) -> float:
-    """The time penalty the loss applies: tau for ACT, 0 where the ponder cost is fixed."""
-    return config.tau if config.model == "act" else 0.0
-
-
-@dataclass
-class Penalty:
-    """What the loss adds to the task loss, per run (floats, or ``[K, 1]`` tensors for an
-    ensemble): ACT's tau, or PonderNet's KL weight beta and prior lambda_p."""
-
-    tau: float | torch.Tensor = 0.0
-    beta: float | torch.Tensor = 0.0
-    lambda_p: float | torch.Tensor = 1.0
-
-    @classmethod
-    def of(cls, configs: list[RunConfig], device: torch.device) -> Penalty:
-        """One run's penalty as floats; several runs' as ``[K, 1]`` tensors on ``device``."""
-        pond = [c.model == "pondernet" for c in configs]
-        values = {
-            "tau": [effective_tau(c) for c in configs],
-            "beta": [c.beta if p else 0.0 for c, p in zip(configs, pond, strict=True)],
-            "lambda_p": [c.lambda_p if p else 1.0 for c, p in zip(configs, pond, strict=True)],
-        }
-        if len(configs) == 1:
-            return cls(**{k: v[0] for k, v in values.items()})
-        return cls(**{k: torch.tensor(v, device=device).unsqueeze(1) for k, v in values.items()})
+def loss_weights(configs: list[RunConfig], device: torch.device) -> dict[str, Any]:
+    """What the method's loss weighs its terms by (``MethodSpec.loss_weights``: ACT's tau,
+    PonderNet's beta and lambda_p): one run's as floats, several runs' (one method) as ``[K, 1]``
+    tensors on ``device``."""
+    spec = method(configs[0].model)
+    per_run = [spec.loss_weights(c) for c in configs]
+    if len(configs) == 1:
+        return per_run[0]
+    return {
+        k: torch.tensor([w[k] for w in per_run], device=device).unsqueeze(1) for k in per_run[0]
+    }
 
 
 def halting_uniforms(
@@ -126,11 +108,12 @@ def halting_uniforms(
     other models): from ``generator`` (a training step: the run's data stream, after its
     batch) or, for evaluation, from a generator of their own seeded from ``eval_seed``, so
     every evaluation of every run halts by the same draws."""
-    if config.model != "pondernet":
+    if not method(config.model).draws_halting:
         return None
     if generator is None:
         generator = torch.Generator().manual_seed(derive_seed(config.eval_seed, "halting"))
-    return torch.rand((*shape, config.max_ponder), generator=generator, device=generator.device)
+    steps = method(config.model).max_steps(config)
+    return torch.rand((*shape, steps), generator=generator, device=generator.device)
 
 
 def make_adam(
@@ -201,21 +184,6 @@ def eval_sets(task: tasks.Task, config: RunConfig, device: torch.device) -> dict
     return sets
 
 
-def per_token(
-    values: torch.Tensor, tokens: torch.Tensor | None, ponder_loss: str = "mean"
-) -> torch.Tensor:
-    """A per-token quantity ``values [..., T]`` over each sequence's own tokens (``tokens``,
-    bool, broadcast to ``values``; None: every step): their mean (``ponder_loss="mean"``) or
-    sum, ``[...]``."""
-    if tokens is None:
-        return values.mean(-1) if ponder_loss == "mean" else values.sum(-1)
-    w = tokens.to(values.dtype)
-    total = (values * w).sum(-1)
-    if ponder_loss != "mean":
-        return total
-    return total / w.expand_as(values).sum(-1).clamp(min=1)
-
-
 def token_mean(values: torch.Tensor, tokens: torch.Tensor | None, lead: int) -> torch.Tensor:
     """The mean of ``values`` over every sequence token of a batch (padding left out; None:
     every step), per leading index: ``[*values.shape[:lead]]``. What the logs call ponder cost,
@@ -227,54 +195,23 @@ def token_mean(values: torch.Tensor, tokens: torch.Tensor | None, lead: int) -> 
 
 
 def objective(
+    spec: MethodSpec,
     task: tasks.Task,
     logits: torch.Tensor,
     targets: torch.Tensor,
     info: dict[str, torch.Tensor],
-    penalty: Penalty | float | torch.Tensor,
+    weights: dict[str, Any],
     ponder_loss: str = "mean",
     tokens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence ``(loss, task_loss)``, ``[...]``: task loss + tau * ponder term (ACT), or
-    PonderNet's expected task loss + beta * KL(p || p_G). A bare number is tau.
+    """Per-sequence ``(loss, task_loss)``, ``[...]``: the method's own loss
+    (``spec.loss``; ACT's in methods/act.py, PonderNet's in methods/pondernet.py). The one
+    place a training step computes its loss.
 
     The ponder term is over the sequence's own tokens, ``tokens`` (``task.tokens``, bool
     ``[..., T]``; None: every step, for a batch without padding), so that padding neither
     dilutes the penalty nor is rewarded for halting."""
-    if not isinstance(penalty, Penalty):
-        penalty = Penalty(tau=penalty)
-    if "log_p" in info:
-        return _pondernet_objective(task, targets, info, penalty, ponder_loss, tokens)
-    task_loss = task.loss(logits, targets)
-    tau = penalty.tau
-    if isinstance(tau, float) and tau == 0.0:  # no penalty (Repeat, the RNN): nothing to add
-        return task_loss, task_loss
-    cost = info["ponder_cost"]  # rho_t = N(t) + R(t), (..., T)
-    ponder = per_token(cost, tokens, ponder_loss)
-    return task_loss + tau * ponder, task_loss
-
-
-def _pondernet_objective(
-    task: tasks.Task,
-    targets: torch.Tensor,
-    info: dict[str, torch.Tensor],
-    penalty: Penalty,
-    ponder_loss: str,
-    tokens: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_rec = sum_n p_t^n L(y_t, yhat_t^n) per token, its mean over the tokens with a target;
-    plus beta * KL(p_t || p_G), averaged (or summed) over the sequence's tokens. Per
-    sequence."""
-    log_p = info["log_p"]  # (..., T, N)
-    per_step, valid = task.step_losses(info["step_logits"], targets)  # (..., T, N), (..., T)
-    expected = (log_p.exp() * per_step).sum(-1)  # (..., T)
-    total = torch.where(valid, expected, 0.0).sum(-1)
-    rec = total / valid.sum(-1).clamp(min=1).to(total.dtype)
-    lam = penalty.lambda_p
-    lam = lam.unsqueeze(-1) if isinstance(lam, torch.Tensor) else lam  # (K, 1, 1) over (K, B, T)
-    kl = regulariser(log_p, lam)  # (..., T)
-    reg = per_token(kl, tokens, ponder_loss)
-    return rec + penalty.beta * reg, rec
+    return spec.loss(task, logits, targets, info, weights, ponder_loss, tokens)
 
 
 def forward_backward(
@@ -283,9 +220,9 @@ def forward_backward(
     task: tasks.Task,
     x: torch.Tensor,
     y: torch.Tensor,
-    penalty: Penalty | float | torch.Tensor,
+    spec: MethodSpec,
+    weights: dict[str, Any],
     ponder_loss: str = "mean",
-    alive: torch.Tensor | None = None,
     unroll: int | None = None,
     uniforms: torch.Tensor | None = None,
 ):
@@ -293,16 +230,17 @@ def forward_backward(
     or ``[K]`` for an ensemble), the per-sequence task loss, the logits (detached) and the
     model's info.
 
-    ``alive`` (``[K]`` bool) leaves out the losses of ensemble members that have stopped;
     ``unroll`` is ACT's fixed unroll (``ponder.act``); ``uniforms`` draw PonderNet's halting
     steps (``halting_uniforms``). No number leaves the device here.
     """
     extra = {} if uniforms is None else {"uniforms": uniforms}
     logits, info = net(x, **extra) if unroll is None else net(x, unroll=unroll, **extra)
     info = {**info, "tokens": task.tokens(x, y)}  # for the loss and the logged means
-    loss_seq, task_loss = objective(task, logits, y, info, penalty, ponder_loss, info["tokens"])
+    loss_seq, task_loss = objective(
+        spec, task, logits, y, info, weights, ponder_loss, info["tokens"]
+    )
     loss = loss_seq.mean(-1)  # the batch mean, per run
-    total = loss.sum() if alive is None else torch.where(alive, loss, 0.0).sum()
+    total = loss.sum()
     # While a CUDA graph records, the gradients are zeroed in place: the graph's update reads
     # those buffers. Otherwise they are dropped, and backward writes fresh ones (cheaper).
     recording = x.is_cuda and torch.cuda.is_current_stream_capturing()
@@ -335,25 +273,25 @@ def make_stepper(
     task: tasks.Task,
     sample: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     generators: list[torch.Generator],
-    penalty: Penalty,
+    weights: dict[str, Any],
     window: torch.Tensor,
-    alive: torch.Tensor | None = None,
     graphs: bool = False,
     draw: Callable[[], torch.Tensor | None] = lambda: None,
 ) -> Stepper:
     """The training step of an engine: eager, or replayed from CUDA graphs (``ponder.graphs``).
     ``draw()`` gives PonderNet's halting uniforms, drawn after the batch (None otherwise)."""
+    spec = method(config.model)
     return Stepper(
         sample=sample,
         grad=lambda x, y, unroll: forward_backward(
-            net, opt, task, x, y, penalty, config.ponder_loss, alive, unroll, draw()
+            net, opt, task, x, y, spec, weights, config.ponder_loss, unroll, draw()
         ),
         opt=opt,
         window=window,
         terms=window_terms,
         generators=generators,
         graphs=graphs,
-        max_ponder=config.max_ponder if config.model == "act" else None,
+        max_ponder=spec.max_steps(config) if spec.halts_on_host else None,
     )
 
 
@@ -364,7 +302,8 @@ class Engine(Protocol):
     ``(task_loss, logits, y)`` and ``window`` (``[K, len(WINDOW)]``) the device sums since the
     last log. ``forward(x)`` runs the networks in their current mode with a leading K
     dimension; ``member_state(i)`` is member i's checkpoint in the single-run format (either
-    engine resumes it); ``stop(i)`` takes a finished member out of the step.
+    engine resumes it). A member that finishes leaves the step when the loop repacks the
+    engine without it (``train._repack``).
     """
 
     name: str
@@ -379,8 +318,6 @@ class Engine(Protocol):
     def modules(self) -> torch.nn.Module: ...
 
     def member_state(self, i: int) -> dict[str, Any]: ...
-
-    def stop(self, i: int) -> None: ...
 
 
 class Single:
@@ -405,7 +342,7 @@ class Single:
         shape = (batch, task.seq_len)
         self.stepper = make_stepper(
             config, self.net, self.opt, task, lambda: task.sample(batch, gen), [gen],
-            Penalty.of([config], device), self.window, graphs=graphs,
+            loss_weights([config], device), self.window, graphs=graphs,
             draw=lambda: halting_uniforms(config, shape, gen),
         )  # fmt: skip
 
@@ -424,6 +361,3 @@ class Single:
             "data_rng": self.gen.get_state(),
             "data_device": self.gen.device.type,
         }
-
-    def stop(self, i: int) -> None:
-        pass  # the loop ends with its only member

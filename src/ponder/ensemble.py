@@ -15,11 +15,12 @@ at the level of float rounding (measured: up to 4e-6 of a weight's scale after o
 parity, float32). Over training such differences can grow where a run is chaotic; each run
 directory's engine.json records which engine trained it and beside which companions.
 
-The recurrences are written with batched matmuls over ``[K, B, ...]``; ACT's halting loop is
-``act.ponder_token`` itself, run over runs x samples, so the loop for a token ends when every
-sample of every run has halted. For the tanh RNN cell ACT's loop is ``fused.py`` (the running
-pairs of run and sample as one ragged set of rows, its backward written out) and PonderNet's
-token ``fused_pondernet.py`` on the CPU.
+Each method computes its K runs in its own ``stacked`` (``ponder.methods``), with batched
+matmuls over ``[K, B, ...]``; ACT's halting loop is ``act.ponder_token`` itself, run over runs
+x samples, so the loop for a token ends when every sample of every run has halted. For the tanh
+RNN cell ACT's loop is ``kernels/act_rnn.py`` (the running pairs of run and sample as one
+ragged set of rows, its backward written out) and PonderNet's token
+``kernels/pondernet_rnn.py`` on the CPU.
 ``Stacked`` is the engine the training loop (``train.py``) drives: the members' checkpoints
 are in the single-run format, so either engine resumes them.
 On a GPU the ensemble's step is replayed from CUDA graphs as a single run's is.
@@ -33,55 +34,9 @@ import torch
 from torch import nn
 
 from . import engine
-from .act import Gathered, ponder_token
 from .config import RunConfig
-from .fused import tanh_act
-from .fused_pondernet import tanh_pondernet
-from .models import ModelSpec, TaskNet, pondernet_head
-from .pondernet import expected_steps, log_halting, sample_halting
-from .tanh import tanh
-
-# Devices whose PonderNet tanh steps take the hand-written backward (``fused_pondernet``); a
-# GPU records the autograd unroll as a CUDA graph instead (the tests empty it to check that path
-# on a CPU).
-HAND_WRITTEN_PONDERNET = {"cpu"}
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-run ``x @ w.T + b``: x ``[K, ..., I]``, w ``[K, O, I]``, b ``[K, O]``."""
-    k = x.shape[0]
-    flat = x.reshape(k, -1, x.shape[-1])  # (K, N, I)
-    out = torch.baddbmm(b.unsqueeze(1), flat, w.transpose(1, 2))  # (K, N, O)
-    return out.reshape(*x.shape[:-1], w.shape[1])
-
-
-def _recur(kind: str, gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh, state):
-    """One cell step from the input part gi: for an RNN or LSTM gi already holds b_hh and one
-    baddbmm adds h W_hh^T to it (a GRU needs the hidden part on its own)."""
-    if kind == "gru":
-        return _cell_update(kind, gi, _linear(h, w_hh, b_hh), state)
-    k = gi.shape[0]
-    pre = torch.baddbmm(
-        gi.reshape(k, -1, gi.shape[-1]), h.reshape(k, -1, h.shape[-1]), w_hh.transpose(1, 2)
-    )
-    return _cell_update(kind, pre.view(gi.shape), None, state)
-
-
-def _cell_update(kind: str, gi: torch.Tensor, gh: torch.Tensor | None, state):
-    """PyTorch's RNN/GRU/LSTM cell equations from the input part gi and hidden part gh (for
-    an RNN or LSTM, gh None means gi already is their sum)."""
-    if kind == "rnn":
-        return tanh(gi if gh is None else gi + gh)
-    if kind == "lstm":
-        _, c = state
-        i, f, g, o = (gi if gh is None else gi + gh).chunk(4, -1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * tanh(g)
-        return torch.sigmoid(o) * tanh(c), c
-    r_i, z_i, n_i = gi.chunk(3, -1)  # gru
-    r_h, z_h, n_h = gh.chunk(3, -1)
-    r, z = torch.sigmoid(r_i + r_h), torch.sigmoid(z_i + z_h)
-    n = tanh(n_i + r * n_h)
-    return (1 - z) * n + z * state
+from .methods import method
+from .models import ModelSpec, TaskNet
 
 
 class Ensemble(nn.Module):
@@ -108,7 +63,7 @@ class Ensemble(nn.Module):
                 for name in self.names
             }
         )
-        self.rho = self.spec.rho if self.spec.model == "repeat" else 1
+        self._method = method(self.spec.model)
 
     def p(self, name: str) -> torch.Tensor:
         return self.params[name.replace(".", "__")]
@@ -124,158 +79,20 @@ class Ensemble(nn.Module):
         self, x: torch.Tensor, unroll: int | None = None, uniforms: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``unroll`` and ``uniforms`` (``[K, B, T, N]``): as ``TaskNet.forward`` (ACT's
-        ``info["overflow"]`` is over all runs)."""
-        if self.spec.model == "pondernet":
-            return self._pondernet(x, uniforms)
-        if self.spec.model == "act":
-            y, info = self._act(x, unroll)
-        else:
-            y, info = self._repeat(x)
-        return _linear(y, self.p("readout.weight"), self.p("readout.bias")), info
+        ``info["overflow"]`` is over all runs). The method's own ``stacked`` computes it."""
+        return self._method.stacked(self, x, unroll, uniforms)
 
-    def _weights(self, prefix: str, suffix: str = ""):
+    def weights(self, prefix: str, suffix: str = "") -> list[torch.Tensor]:
+        """A cell's ``weight_ih, weight_hh, bias_ih, bias_hh``, each ``[K, ...]``."""
         return [
             self.p(f"{prefix}.{w}{suffix}")
             for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
         ]
 
-    def _zero_state(self, x: torch.Tensor):
+    def zero_state(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The zero state ``[K, B, H]`` (``(h, c)`` for an LSTM) for the batch of ``x``."""
         h = x.new_zeros(*x.shape[:2], self.spec.hidden)  # (K, B, H)
         return (h, h.clone()) if self.spec.cell == "lstm" else h
-
-    def _repeat(self, x: torch.Tensor):
-        k, b, t, _ = x.shape
-        w_ih, w_hh, b_ih, b_hh = self._weights("core.rnn", "_l0")
-        fold = self.spec.cell != "gru"  # b_hh joins the input part (see _recur)
-        # A token's rho repeats differ only in the flag (the first input column), so project
-        # each token once and add the flag's column on its first repeat.
-        w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H)
-        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
-        state = self._zero_state(x)
-        outs = []
-        for i in range(t * self.rho):
-            token, repeat = divmod(i, self.rho)
-            gi = g_tokens[token] + w_flag if repeat == 0 else g_tokens[token]
-            h = state[0] if isinstance(state, tuple) else state
-            if i == 0:  # h is zero: h W_hh^T = 0 exactly, so skip that matmul
-                state = _cell_update(self.spec.cell, gi, None if fold else b_hh.unsqueeze(1), state)
-            else:
-                state = _recur(self.spec.cell, gi, h, w_hh, b_hh, state)
-            if repeat == self.rho - 1:
-                outs.append(state[0] if isinstance(state, tuple) else state)
-        y = torch.stack(outs, 2)  # (K, B, T, H)
-        fixed = torch.full((k, b, t), float(self.rho), device=x.device, dtype=x.dtype)
-        return y, {"ponder_steps": fixed, "ponder_cost": fixed, "repetitions": fixed}
-
-    def _act(self, x: torch.Tensor, unroll: int | None):
-        w_ih, w_hh, b_ih, b_hh = self._weights("core.cell")
-        fold = self.spec.cell != "gru"  # b_hh joins the input part (see _recur)
-        w_halt, b_halt = self.p("core.halting.weight"), self.p("core.halting.bias")
-        w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
-        # x_t's projection is the same on every ponder step: compute it once per token.
-        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
-
-        of = Gathered()  # weights and inputs at the compact set of runs and samples
-
-        def halt(y, members):
-            w, b = of("w_halt", w_halt, members), of("b_halt", b_halt, members)
-            return torch.sigmoid(_linear(y, w, b)).squeeze(-1)
-
-        state = self._zero_state(x)
-        limits = (self.spec.epsilon, self.spec.max_ponder)
-        outs, steps, rems, overflow = [], [], [], []
-        for t in range(x.shape[2]):
-            g_first, g_later = g_tokens[t] + w_flag, g_tokens[t]
-
-            def step(n, s, rows, members, g_first=g_first, g_later=g_later):
-                h = s[0] if isinstance(s, tuple) else s
-                gi = of("g", g_later, members, rows) if n > 1 else of("g1", g_first, members, rows)
-                b = of("b_hh", b_hh, members) if not fold else None  # folded into gi otherwise
-                return _recur(self.spec.cell, gi, h, of("w_hh", w_hh, members), b, s)
-
-            if self.spec.cell == "rnn" and unroll is None:  # the hand-written backward
-                y, n_t, r_t = tanh_act(g_first, g_later, state, w_hh, w_halt, b_halt, *limits)
-                state, o_t = y, None
-            else:
-                y, state, n_t, r_t, _, o_t = ponder_token(
-                    step, halt, state, *limits, unroll, probs=False
-                )
-            overflow.append(o_t)
-            outs.append(y)
-            steps.append(n_t)
-            rems.append(r_t)
-        n = torch.stack(steps, 2).to(x.dtype)  # (K, B, T)
-        r = torch.stack(rems, 2)
-        info = {"ponder_steps": n, "ponder_cost": n + r, "repetitions": n - 1.0 + r.detach()}
-        if unroll is not None:
-            info["overflow"] = torch.stack(overflow).any()
-        return torch.stack(outs, 2), info
-
-    def _pondernet(self, x: torch.Tensor, uniforms: torch.Tensor):
-        """PonderNet (``ponder.pondernet``) over runs x samples: N steps per token for all."""
-        k, b, t, _ = x.shape
-        n_steps = self.spec.max_ponder
-        w_ih, w_hh, b_ih, b_hh = self._weights("core.cell")
-        fold = self.spec.cell != "gru"  # b_hh joins the input part (see _recur)
-        w_halt, b_halt = self.p("core.halting.weight"), self.p("core.halting.bias")
-        w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
-        g_tokens = _linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
-        b_gh = None if fold else b_hh
-        if self.spec.cell == "rnn" and x.device.type in HAND_WRITTEN_PONDERNET:
-            return self._pondernet_tanh(g_tokens, w_flag, w_hh, w_halt, b_halt, uniforms)
-        state = self._zero_state(x)
-        outs, log_p, halting = [], [], []
-        for i in range(t):
-            s, states = state, []
-            for n in range(n_steps):
-                gi = g_tokens[i] + w_flag if n == 0 else g_tokens[i]
-                s = _recur(self.spec.cell, gi, s[0] if isinstance(s, tuple) else s, w_hh, b_gh, s)
-                states.append(s)
-            ys = torch.stack([s[0] if isinstance(s, tuple) else s for s in states], 2)
-            lambdas, log_p_t = log_halting(_linear(ys, w_halt, b_halt).squeeze(-1))  # (K, B, N)
-            n_star = sample_halting(lambdas.detach(), uniforms[:, :, i])  # (K, B)
-            if i < t - 1:  # s_t^{n*}: the next token starts there (the last one's is unused)
-                pick = (n_star - 1)[None, :, :, None].expand(1, k, b, self.spec.hidden)
-
-                def at_halt(*parts, pick=pick):
-                    return torch.stack(parts).gather(0, pick)[0]
-
-                state = tuple(map(at_halt, *states)) if isinstance(s, tuple) else at_halt(*states)
-            outs.append(ys)
-            log_p.append(log_p_t)
-            halting.append(n_star)
-        ys = torch.stack(outs, 2)  # (K, B, T, N, H)
-        step_logits = _linear(ys, self.p("readout.weight"), self.p("readout.bias"))
-        return pondernet_head(step_logits, _pondernet_core(log_p, halting))
-
-    def _pondernet_tanh(self, g_tokens, w_flag, w_hh, w_halt, b_halt, uniforms):
-        """``_pondernet`` for the tanh RNN cell through ``fused_pondernet.tanh_pondernet``: the
-        halting unit and the readout as one projection of every step's state."""
-        v = torch.cat([w_halt, self.p("readout.weight")], 1)  # (K, 1 + O, H)
-        c = torch.cat([b_halt, self.p("readout.bias")], 1)
-        state = None  # a sequence starts from the zero state
-        step_logits, log_p, halting = [], [], []
-        for i, g in enumerate(g_tokens):
-            more = i < len(g_tokens) - 1  # another token starts from a state of this one
-            z, states = tanh_pondernet(g + w_flag, g, state, w_hh, v, c, self.spec.max_ponder, more)
-            lambdas, log_p_t = log_halting(z[..., 0])  # (K, B, N)
-            n_star = sample_halting(lambdas.detach(), uniforms[:, :, i])  # (K, B)
-            if more:  # s_t^{n*}: the next token starts there
-                pick = (n_star - 1)[:, :, None, None].expand(*n_star.shape, 1, states.shape[-1])
-                state = states.gather(2, pick).squeeze(2)
-            step_logits.append(z[..., 1:])
-            log_p.append(log_p_t)
-            halting.append(n_star)
-        return pondernet_head(torch.stack(step_logits, 2), _pondernet_core(log_p, halting))
-
-
-def _pondernet_core(log_p: list, halting: list) -> dict[str, torch.Tensor]:
-    log_p_kbt = torch.stack(log_p, 2)  # (K, B, T, N)
-    return {
-        "log_p": log_p_kbt,
-        "halting_step": torch.stack(halting, 2),
-        "expected_steps": expected_steps(log_p_kbt.exp()),
-    }
 
 
 _MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -314,19 +131,8 @@ def member_optimizer_state(opt_state: dict, k: int) -> dict:
     return {"state": state, "param_groups": opt_state["param_groups"]}
 
 
-@torch.no_grad()
-def _freeze(ens: Ensemble, opt: torch.optim.Optimizer, i: int) -> None:
-    """Member i is done: zero its weights and Adam state so it stays finite and cheap."""
-    for p in ens.parameters():
-        p[i] = 0.0
-        state = opt.state.get(p, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key][i] = 0.0
-
-
 class Stacked:
-    """K runs of one shape (``config.RunConfig.identity`` equal but for seed and tau) as one
+    """K runs of one shape (``config.RunConfig.ensemble_key`` equal) as one
     ``Ensemble``: the engine ``train.run_group`` uses for a group of more than one run."""
 
     name = "stacked"
@@ -349,7 +155,6 @@ class Stacked:
         ]
         self.gens = [g for g, _ in drawn]
         self.reseeded = [r for _, r in drawn]
-        self.alive = torch.ones(self.k, dtype=torch.bool, device=device)  # members still training
         self.window = torch.zeros(self.k, len(engine.WINDOW), device=device)
         self.ens.train()
         self.config = c0
@@ -362,7 +167,7 @@ class Stacked:
 
         self.stepper = engine.make_stepper(
             c0, self.ens, self.opt, task, lambda: task.sample_many(batch, gens), gens,
-            engine.Penalty.of(configs, device), self.window, self.alive, graphs, draw,
+            engine.loss_weights(configs, device), self.window, graphs, draw,
         )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -382,7 +187,3 @@ class Stacked:
             "data_rng": self.gens[i].get_state(),
             "data_device": self.gens[i].device.type,
         }
-
-    def stop(self, i: int) -> None:
-        _freeze(self.ens, self.opt, i)
-        self.alive[i] = False

@@ -34,7 +34,8 @@ import matplotlib
 import numpy as np
 
 from . import matched, metrics, paper, rundir, tasks
-from .results import ADAPTIVE, ConfigRow, RunResult, probe_by_k, probe_ponder, quartiles
+from .methods import METHODS, MethodSpec, method, rank
+from .results import ConfigRow, RunResult, probe_by_k, probe_ponder, quartiles
 from .rundir import RunError
 
 matplotlib.use("Agg")  # headless: reports are built on servers and in CI, before pyplot loads
@@ -162,15 +163,21 @@ def _colors(n: int) -> list:
     return [plt.get_cmap("viridis")(x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
 
 
-def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path, model: str = "act") -> bool:
-    """Accuracy (top) and ponder (bottom) against steps, one line per tau plus the RNN as
-    "no ACT": the paper's figures 5 and 7 (``model="pondernet"``: one line per lambda_p, the
-    sampled halting step below). Returns False (and writes nothing) without such runs."""
-    act = [r for r in rows if r.task == task and r.model == model]
+def _plain(rows: list[ConfigRow], task: str) -> list[ConfigRow]:
+    """The rows of ``task`` whose method has no knob: the plain network."""
+    return [r for r in rows if r.task == task and method(r.model).knob is None]
+
+
+def plot_accuracy_adaptive(rows: list[ConfigRow], task: str, path: Path, spec: MethodSpec) -> bool:
+    """Accuracy (top) and ponder (bottom) against steps for an adaptive method, one line per
+    knob value plus the plain network as "no ACT": for ACT the paper's figures 5 and 7 (for
+    PonderNet one line per lambda_p, the sampled halting step below). Returns False (and
+    writes nothing) without such runs."""
+    act = [r for r in rows if r.task == task and r.model == spec.name]
     if not act:
         return False
-    name = {"act": "ACT", "pondernet": "PonderNet"}[model]
-    plain = [r for r in rows if r.task == task and r.model == "rnn"]
+    name = spec.title
+    plain = _plain(rows, task)
     fig, (top, bottom) = plt.subplots(
         2, 1, sharex=True, figsize=(8, 7), gridspec_kw={"height_ratios": [2, 1]}
     )
@@ -195,29 +202,36 @@ def plot_accuracy_tau(rows: list[ConfigRow], task: str, path: Path, model: str =
     _legend(top)
     top.grid(alpha=0.3)
     bottom.set_xlabel("training step")
-    bottom.set_ylabel(PONDER_LABEL if model == "act" else "sampled halting step")
+    bottom.set_ylabel(spec.repetitions_label)
     _legend(bottom)
     bottom.grid(alpha=0.3)
     _save(fig, path)
     return True
 
 
-def plot_accuracy_rho(rows: list[ConfigRow], task: str, path: Path) -> bool:
-    """Accuracy against steps, one line per rho (the RNN as rho=1): the paper's figures 2, 6, 8.
-    Returns False (and writes nothing) without Repeat runs."""
-    repeat = [r for r in rows if r.task == task and r.model == "repeat"]
+def plot_accuracy_fixed(rows: list[ConfigRow], task: str, path: Path, spec: MethodSpec) -> bool:
+    """Accuracy against steps for a fixed method, one line per knob value (a method that is
+    the same computation at one value, the RNN as Repeat's rho=1, as that value): for Repeat
+    the paper's figures 2, 6, 8. Returns False (and writes nothing) without such runs."""
+    repeat = [r for r in rows if r.task == task and r.model == spec.name]
     if not repeat:
         return False
-    lines = [r for r in rows if r.task == task and r.model == "rnn"] + repeat
+    alike = {
+        s.name: s.same_as[1][spec.knob.field]
+        for s in METHODS.values()
+        if s.same_as is not None and s.same_as[0] == spec.name
+    }
+    lines = [r for r in rows if r.task == task and r.model in alike] + repeat
     fig, ax = plt.subplots(figsize=(8, 5))
     end = _axis_end(lines)
     drawn: set[int] = set()
     for row, color in zip(lines, _colors(len(lines)), strict=True):
-        label = f"rho=1 ({row.legend})" if row.model == "rnn" else row.legend
+        at = alike.get(row.model)
+        label = row.legend if at is None else f"{spec.knob.symbol}={at} ({row.legend})"
         _plot_seeds(ax, row.runs, "accuracy", end, label, color)
         _plot_paper(ax, row, "accuracy", end, color, drawn, as_repeat=True)
     ax.set_title(
-        f"{task}: Repeat-RNN, median over all seeds (band: 25th-75th percentile), smoothed;\n"
+        f"{task}: {spec.title}, median over all seeds (band: 25th-75th percentile), smoothed;\n"
         "solved seeds keep their last value (dotted)",
         fontsize="medium",
     )
@@ -252,7 +266,8 @@ def plot_solved_fraction(rows: list[ConfigRow], task: str, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(8, 5))
     end = max(r.time_to_solve()[0] for row in mine for r in row.runs)
     for row, color in zip(mine, _colors(len(mine)), strict=True):
-        color = "black" if row.model == "rnn" else color
+        if method(row.model).knob is None:  # the plain network keeps its own colour
+            color = method(row.model).color
         x, y = solved_fraction(row.runs)
         if y[-1] >= 1.0 - 1e-9 and x[-1] < end:  # every seed solved: nothing left to change
             x, y = np.append(x, end), np.append(y, 1.0)
@@ -279,9 +294,10 @@ def plot_solved_fraction(rows: list[ConfigRow], task: str, path: Path) -> bool:
 def plot_ponder_position(
     rows: list[ConfigRow], probes: dict[Path, tuple[np.ndarray, np.ndarray]], path: Path
 ) -> bool:
-    """Box plot of ACT's ponder per input position in addition, one panel per tau, pooled over
-    seeds (the paper's figure 4: the first input is pondered least)."""
-    act = [r for r in rows if r.task == "addition" and r.model == "act"]
+    """Box plot of the adaptive methods' ponder per input position in addition, one panel per
+    configuration, pooled over seeds (for ACT the paper's figure 4: the first input is
+    pondered least)."""
+    act = [r for r in rows if r.task == "addition" and method(r.model).adaptive]
     panels = [(row, [probes[r.path][0] for r in row.runs if r.path in probes]) for row in act]
     panels = [(row, p) for row, p in panels if p]
     if not panels:
@@ -294,12 +310,12 @@ def plot_ponder_position(
         positions = np.arange(1, pooled.shape[1] + 1)
         ax.boxplot(list(pooled.T), positions=positions, flierprops={"markersize": 2})
         ax.set_xticks(positions, [str(p) for p in positions])
-        ax.set_title(f"{row.legend}, {len(ponders)} seed(s) pooled", fontsize="medium")
+        ax.set_title(f"{row.label}, {len(ponders)} seed(s) pooled", fontsize="medium")
         ax.set_xlabel("input position")
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel(PONDER_LABEL)
     samples = panels[0][1][0].shape[0]
-    fig.suptitle(f"addition: ACT's ponder per input position ({samples} fresh sequences per net)")
+    fig.suptitle(f"addition: ponder per input position ({samples} fresh sequences per net)")
     _save(fig, path)
     return True
 
@@ -312,7 +328,7 @@ def plot_ponder_difficulty(
 ) -> bool:
     """Mean ponder per input difficulty, one line per tau (median over seeds, band 25th-75th
     percentile): Graves 2016's finding that ACT ponders longer on harder inputs."""
-    act = [r for r in rows if r.task == task and r.model in ADAPTIVE]
+    act = [r for r in rows if r.task == task and method(r.model).adaptive]
     act = [row for row in act if any(r.path in probes for r in row.runs)]
     if not act:
         return False
@@ -342,14 +358,6 @@ def plot_ponder_difficulty(
     return True
 
 
-METHOD_COLORS = {
-    "rnn": "black",
-    "repeat": "tab:blue",
-    "act": "tab:orange",
-    "pondernet": "tab:green",
-}
-
-
 def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
     """The accuracy-compute frontier: one point per run (mean inference steps per token against
     final held-out accuracy), a panel per held-out set, coloured by method, each configuration's
@@ -358,24 +366,24 @@ def plot_frontier(rows: list[ConfigRow], task: str, path: Path) -> bool:
     mine = [r for r in rows if r.task == task]
     names = matched.held_out_sets(mine)
     have = [row for row in mine if matched.logged_costs(row)]
-    if len(have) < 2 or not names or not any(row.model in ADAPTIVE for row in have):
+    if len(have) < 2 or not names or not any(method(row.model).adaptive for row in have):
         return False  # nothing to compare: fixed computation only
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 5), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         seen = set()
         lowest = 0.4
         for row in have:
-            color = METHOD_COLORS.get(row.model, "gray")
+            color = method(row.model).color
             pts = [(matched.cost(r, name), matched.accuracy(r, name)) for r in row.runs]
             pts = [(c, a) for c, a in pts if c is not None and a is not None]
             if not pts:
                 continue
             xs, ys = np.array(pts).T
             lowest = min(lowest, float(ys.min()) - 0.03)  # below chance stays in view
-            method = matched.METHOD_NAMES.get(row.model, row.model)
+            title = method(row.model).title
             ax.scatter(xs, ys, s=14, alpha=0.5, color=color,
-                       label=None if method in seen else method)  # fmt: skip
-            seen.add(method)
+                       label=None if title in seen else title)  # fmt: skip
+            seen.add(title)
             mx, my = float(np.median(xs)), float(np.median(ys))
             ax.scatter([mx], [my], s=90, marker="D", color=color, edgecolor="black", lw=0.6)
             ax.annotate(row.short_label, (mx, my), textcoords="offset points", xytext=(5, 4),
@@ -403,14 +411,16 @@ def plot_by_k(
     percentile), the training range shaded: where does each method fail, and does adaptive
     computation spend more steps on larger k, inside and beyond the training range?"""
     mine = [row for row in rows if any(r.path in probes for r in row.runs)]
-    methods = [m for m in METHOD_COLORS if any(row.model == m for row in mine)]
+    # fixed methods first, then the adaptive ones, each in the table's order
+    models = sorted({row.model for row in mine}, key=lambda m: (method(m).adaptive, rank(m)))
+    methods = [method(m) for m in models]
     if not methods:
         return False
     fig, axes = plt.subplots(
         2, len(methods), figsize=(4.2 * len(methods), 7), sharex=True, squeeze=False
     )
-    for col, method in enumerate(methods):
-        lines = [row for row in mine if row.model == method]
+    for col, spec in enumerate(methods):
+        lines = [row for row in mine if row.model == spec.name]
         for row, color in zip(lines, _colors(len(lines)), strict=True):
             seeds = [probes[r.path] for r in row.runs if r.path in probes]
             ks = seeds[0][0]
@@ -427,7 +437,7 @@ def plot_by_k(
             ax.axvspan(low - 0.5, high + 0.5, color="0.85", zorder=0, lw=0)
             ax.grid(alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[0][col].set_title(matched.METHOD_NAMES.get(method, method), fontsize="medium")
+        axes[0][col].set_title(spec.title, fontsize="medium")
         axes[0][col].set_ylim(-0.02, 1.02)  # below chance is an answer too: systematically wrong
         axes[0][col].axhline(0.5, color="0.5", lw=0.8, ls=":")
         axes[1][col].set_xlabel("non-zero elements k")
@@ -466,25 +476,18 @@ def build_figures(
             "(Kaplan-Meier: 1 - S(t); a seed that stopped unsolved is censored at its last step, "
             "one that trained to its budget at the budget, marked +; the legend gives the seeds)",
         )
-        name = f"{task}-accuracy-tau.png"
-        add(
-            plot_accuracy_tau(rows, task, root / name),
-            name,
-            f"{task}: training accuracy and ACT's ponder against steps, per tau; {CURVES_NOTE}",
-        )
-        name = f"{task}-accuracy-pondernet.png"
-        add(
-            plot_accuracy_tau(rows, task, root / name, "pondernet"),
-            name,
-            f"{task}: training accuracy and PonderNet's sampled halting step against steps, per "
-            f"lambda_p; {CURVES_NOTE}",
-        )
-        name = f"{task}-accuracy-rho.png"
-        add(
-            plot_accuracy_rho(rows, task, root / name),
-            name,
-            f"{task}: training accuracy against steps, per rho; {CURVES_NOTE}",
-        )
+        # one figure per method with a knob: the adaptive ones, then the fixed ones
+        for spec in sorted(METHODS.values(), key=lambda s: (not s.adaptive, rank(s.name))):
+            if spec.knob is None:
+                continue
+            name = f"{task}-accuracy-{spec.figure or spec.knob.symbol}.png"
+            if spec.adaptive:
+                ok = plot_accuracy_adaptive(rows, task, root / name, spec)
+                what = f"training accuracy and {spec.title}'s {spec.repetitions_name}"
+            else:
+                ok = plot_accuracy_fixed(rows, task, root / name, spec)
+                what = "training accuracy"
+            add(ok, name, f"{task}: {what} against steps, per {spec.knob.symbol}; {CURVES_NOTE}")
 
         name = f"{task}-frontier.png"
         add(
@@ -497,7 +500,7 @@ def build_figures(
 
     probes: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
     for row in rows:
-        if row.model not in ADAPTIVE or difficulty_samples < 1:
+        if not method(row.model).adaptive or difficulty_samples < 1:
             continue
         for r in row.runs:
             if not rundir.has_checkpoint(r.path):

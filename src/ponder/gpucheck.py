@@ -55,6 +55,7 @@ import torch
 from . import bench, engine, graphs, rundir, train
 from . import threads as choose_threads
 from .config import RunConfig, resolve
+from .methods import method
 
 TIMED_OUT = 124  # the exit status `timeout` gives a command it killed
 MARGIN_S = 8.0  # a stage stops measuring this long before its limit (its start-up counts)
@@ -254,7 +255,7 @@ def measure(
     if config.cuda_graphs:
         row["capture_s"] = max(0.0, first - ms / 1000)  # the recording step less one step
     row["peak_mib"] = peak_mib(device)
-    if config.model == "act" and config.cuda_graphs:
+    if method(config.model).halts_on_host and config.cuda_graphs:
         row.update(records=stepper.records, overflows=stepper.overflows, final_u=stepper.unroll)
     return row
 

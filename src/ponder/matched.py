@@ -21,9 +21,8 @@ import numpy as np
 from scipy import stats
 
 from . import metrics
-from .results import ADAPTIVE, ConfigRow, RunResult
-
-METHOD_NAMES = {"rnn": "RNN", "repeat": "Repeat", "act": "ACT", "pondernet": "PonderNet"}
+from .methods import method
+from .results import ConfigRow, RunResult
 
 
 def held_out_sets(rows: list[ConfigRow]) -> list[str]:
@@ -133,7 +132,7 @@ def _section(title: str, text: str, head: list[str]) -> list[str]:
 def held_out_markdown(rows: list[ConfigRow]) -> list[str]:
     """Every configuration on every held-out set (report.md lines; [] when the runs logged no
     steps per token): cost and accuracy side by side."""
-    if not any(logged_costs(row) for row in rows if row.model in ADAPTIVE):
+    if not any(logged_costs(row) for row in rows if method(row.model).adaptive):
         return []
     names = held_out_sets(rows)
     head = ["configuration"]
@@ -235,7 +234,7 @@ def fixed_row(rows: list[ConfigRow], like: ConfigRow, rho: int) -> ConfigRow | N
     """The Repeat row at ``rho`` (the RNN at 1) of ``like``'s task and problem."""
     for row in rows:
         same = row.task == like.task and row.task_options == like.task_options
-        if same and row.model in ("repeat", "rnn") and row.rho == rho:
+        if same and not method(row.model).adaptive and row.rho == rho:
             return row
     return None
 
@@ -252,7 +251,7 @@ def matched_rows(rows: list[ConfigRow]) -> list[Matched]:
     out = []
     for name in held_out_sets(rows):
         for row in rows:
-            if row.model not in ADAPTIVE:
+            if not method(row.model).adaptive:
                 continue
             costs = logged_costs(row, name)
             if not costs:

@@ -1,4 +1,4 @@
-"""Task-sized networks: a recurrent core (plain RNN, ACT, Repeat-RNN or PonderNet) and a readout.
+"""Task-sized networks: a method's recurrent core (``ponder.methods``) and a readout.
 
 Initialisation follows the authors' TensorFlow 1.4 code by default (``init="tf"``): a cell's
 kernel over [input; hidden] is Glorot-uniform with limit sqrt(6 / (fan_in + fan_out)),
@@ -19,13 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .act import ACT
-from .pondernet import PonderNet
-from .repeat import Repeat
-
-CELLS = {"rnn": nn.RNNCell, "gru": nn.GRUCell, "lstm": nn.LSTMCell}
-LAYERS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+from .methods import method
+from .methods.common import GATES
 
 
 @dataclass(frozen=True)
@@ -46,77 +41,29 @@ class ModelSpec:
 class TaskNet(nn.Module):
     """``logits, info = net(x)``: x ``[B, T, input_size]`` -> logits ``[B, T, output_size]``.
 
-    The task's network around a recurrent core (the plain RNN, ACT, Repeat or PonderNet).
-    ``info`` holds ``[B, T]`` tensors: ``ponder_steps`` N(t) (float), ``ponder_cost`` N(t) + R(t)
-    (the term the loss penalises, differentiable through R for ACT) and ``repetitions``, what the
-    Fojo paper reports as "average repetitions": N(t) - 1 + R(t) for ACT, rho for Repeat and the
-    RNN. For PonderNet they are the sampled halting step and the expected steps
-    (``pondernet_head``), and ``log_p`` and ``step_logits`` feed its loss.
+    The task's network around a method's recurrent core (``method(spec.model).build``), which
+    that method's ``forward`` runs. ``info`` holds ``[B, T]`` tensors: ``ponder_steps`` N(t)
+    (float), ``ponder_cost`` (the term a loss penalises: N(t) + R(t) for ACT, differentiable
+    through R; PonderNet's expected steps) and ``repetitions``, what the Fojo paper reports as
+    "average repetitions": N(t) - 1 + R(t) for ACT, rho for Repeat and the RNN, the sampled
+    halting step for PonderNet; and whatever else the method's loss needs.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        flagged = spec.input_size + 1  # the first-step flag is the first input column
-        if spec.model == "act":
-            cell = CELLS[spec.cell](flagged, spec.hidden)
-            self.core = ACT(cell, spec.epsilon, spec.max_ponder, spec.halting_bias)
-        elif spec.model == "pondernet":
-            cell = CELLS[spec.cell](flagged, spec.hidden)
-            self.core = PonderNet(cell, spec.max_ponder, spec.halting_bias)
-        elif spec.model in ("repeat", "rnn"):
-            rho = spec.rho if spec.model == "repeat" else 1
-            layer = LAYERS[spec.cell](flagged, spec.hidden, batch_first=True)
-            self.core = Repeat(layer, rho)
-        else:
-            raise ValueError(f"unknown model {spec.model!r}")
+        self.method = method(spec.model)
+        self.core = self.method.build(spec)
         self.readout = nn.Linear(spec.hidden, spec.output_size)
 
     def forward(
         self, x: torch.Tensor, unroll: int | None = None, uniforms: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``unroll`` (ACT only) runs a fixed number of ponder steps and adds ``overflow`` to
-        ``info`` (see ``ponder.act``); ``uniforms`` (PonderNet only, ``[B, T, N]``) draw its
-        halting steps; the other cores ignore them."""
-        if isinstance(self.core, PonderNet):
-            ys, _, core_info = self.core(x, uniforms=uniforms)
-            return pondernet_head(self.readout(ys), core_info)
-        if isinstance(self.core, ACT):
-            y, _, act_info = self.core(x, unroll=unroll)
-            steps = act_info["steps"].to(y.dtype)
-            info = {
-                "ponder_steps": steps,
-                "ponder_cost": act_info["ponder_cost"],
-                "repetitions": steps - 1.0 + act_info["remainder"].detach(),
-            }
-            if unroll is not None:
-                info["overflow"] = act_info["overflow"]
-        else:
-            y, _ = self.core(x)
-            fixed = torch.full(y.shape[:2], float(self.core.rho), device=y.device, dtype=y.dtype)
-            info = {"ponder_steps": fixed, "ponder_cost": fixed, "repetitions": fixed}
-        return self.readout(y), info
-
-
-def pondernet_head(
-    step_logits: torch.Tensor, core: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PonderNet's logits and info from every step's logits ``[..., T, N, O]`` and its core's
-    info: the prediction is the one at the sampled halting step; ``ponder_steps`` and
-    ``repetitions`` are that step (the steps an inference computes), ``ponder_cost`` the
-    expected steps sum_n n p^n; ``log_p`` and ``step_logits`` are what the loss needs."""
-    n_star = core["halting_step"]  # (..., T)
-    index = (n_star - 1)[..., None, None].expand(*n_star.shape, 1, step_logits.shape[-1])
-    logits = step_logits.gather(-2, index).squeeze(-2)
-    steps = n_star.to(step_logits.dtype)
-    info = {
-        "ponder_steps": steps,
-        "ponder_cost": core["expected_steps"],
-        "repetitions": steps,
-        "log_p": core["log_p"],
-        "step_logits": step_logits,
-    }
-    return logits, info
+        """``unroll`` (a method that ``halts_on_host``, ACT) runs a fixed number of ponder steps
+        and adds ``overflow`` to ``info`` (see ``ponder.methods.act``); ``uniforms`` (a method
+        that ``draws_halting``, PonderNet, ``[B, T, N]``) draw its halting steps; the other
+        methods ignore them."""
+        return self.method.forward(self, x, unroll, uniforms)
 
 
 def _glorot_(w: torch.Tensor, fan_in: int, fan_out: int, gen: torch.Generator) -> None:
@@ -133,8 +80,10 @@ def init_weights(net: TaskNet, scheme: str, generator: torch.Generator) -> None:
     """Re-draw every parameter of ``net`` from ``generator`` (a CPU generator) by ``scheme``."""
     spec = net.spec
     hidden, gates = spec.hidden, GATES[spec.cell]
-    halting = isinstance(net.core, (ACT, PonderNet))
-    core = net.core.cell if halting else net.core.rnn
+    # The cell (a step, ACT and PonderNet) or the layer (Repeat) the core wraps, and its
+    # halting unit if it has one.
+    core = net.core.cell if hasattr(net.core, "cell") else net.core.rnn
+    halting = getattr(net.core, "halting", None) is not None
     params = dict(core.named_parameters())
     weights = sorted(k for k in params if k.startswith("weight_"))
     biases = sorted(k for k in params if k.startswith("bias_"))

@@ -27,7 +27,8 @@ from importlib import resources
 
 import numpy as np
 
-from .config import ACT_HALTING_BIAS, TASK_DEFAULTS, RunConfig
+from .config import HALTING_BIAS, TASK_DEFAULTS, RunConfig
+from .methods import method
 
 # The problems the papers trained on (SPEC.md); the task classes' defaults are the same values.
 PAPER_TASK_OPTIONS: dict[str, dict[str, int]] = {
@@ -83,7 +84,7 @@ def protocol_differences(config: RunConfig) -> list[str]:
     Repeat) never differ. Budget, logging and the solve criterion are not compared here.
     """
     defaults = {f.name: f.default for f in fields(RunConfig)}
-    defaults["halting_bias"] = ACT_HALTING_BIAS  # the config's None: "the model's own"
+    defaults["halting_bias"] = HALTING_BIAS  # Graves' and the authors' b_h = 1
     protocol = {**TASK_DEFAULTS.get(config.task, {}), **{k: defaults[k] for k in PROTOCOL_FIELDS}}
     identity = config.identity()
     out = []
@@ -118,14 +119,8 @@ def paper_values(config: RunConfig) -> tuple[str, str, str]:
     table = PAPER_TABLES.get(config.task)
     if table is None:
         return ("", "", "")
-    if config.model == "act":
-        hit = next((k for k in table if k[0] == "act" and math.isclose(k[1], config.tau)), None)
-    elif config.model == "repeat":
-        hit = ("repeat", config.rho) if ("repeat", config.rho) in table else None
-    elif config.model == "rnn":
-        hit = ("rnn", None)
-    else:  # the Fojo paper has no PonderNet
-        hit = None
+    knob = method(config.model).knob_value(config)  # the Fojo paper has no PonderNet row
+    hit = next((k for k in table if k[0] == config.model and _same_knob(k[1], knob)), None)
     if hit is None:
         return ("", "", "")
     departure = _departure(config)
@@ -166,9 +161,9 @@ def _rows() -> tuple[tuple[int, str, str, str, str, int, float], ...]:
         fig = int(r["figure"])
         if fig == 2:  # the same drawing as Figure 8
             continue
-        method = "rnn" if r["method"] == "lstm" else r["method"]
+        name = "rnn" if r["method"] == "lstm" else r["method"]  # the plain network
         out.append(
-            (fig, r["task"], method, r["param"], r["panel"], int(r["step"]), float(r["value"]))
+            (fig, r["task"], name, r["param"], r["panel"], int(r["step"]), float(r["value"]))
         )
     return tuple(out)
 
@@ -179,9 +174,9 @@ def curves() -> dict[tuple[str, str, float | None, str], Curve]:
     is drawn twice: as "Without ACT" (rnn, Figures 5 and 7) and as rho = 1 (Figures 6, 8)."""
     series: dict[tuple, list[tuple[int, float]]] = {}
     figure: dict[tuple, int] = {}
-    for fig, task, method, param, panel, step, value in _rows():
+    for fig, task, name, param, panel, step, value in _rows():
         knob = None if param == "" else float(param)
-        key = (task, method, knob, panel)
+        key = (task, name, knob, panel)
         series.setdefault(key, []).append((step, value))
         figure[key] = fig
     out = {}
@@ -192,17 +187,17 @@ def curves() -> dict[tuple[str, str, float | None, str], Curve]:
     return out
 
 
+def _same_knob(a: float | None, b: float | None) -> bool:
+    return a is None if b is None else (a is not None and math.isclose(a, b))
+
+
 def curve(task: str, method: str, knob: float | None, panel: str = "accuracy") -> Curve | None:
     """The paper's plotted curve for one configuration, or None where the paper drew none.
 
     ``method`` is rnn, act or repeat (the plain network is also Repeat with rho = 1); ``knob``
     is ACT's tau or Repeat's rho (None for the plain network)."""
-    if method not in ("act", "repeat"):
-        knob = None
     for (t, m, k, p), c in curves().items():
-        if (t, m, p) == (task, method, panel) and (
-            k is None if knob is None else (k is not None and math.isclose(k, knob))
-        ):
+        if (t, m, p) == (task, method, panel) and _same_knob(k, knob):
             return c
     return None
 
@@ -234,12 +229,11 @@ def mean_floor(steps: np.ndarray, values: np.ndarray, every: int = 1000) -> floa
 def _drawn_curve(config: RunConfig, panel: str, as_repeat: bool = False) -> Curve | None:
     """The paper's plotted curve of ``config``'s method and knob on its task, whatever the
     problem's size or protocol (None where the paper drew none)."""
-    if as_repeat and config.model == "rnn":
-        return curve(config.task, "repeat", 1, panel)
-    if config.model not in ("rnn", "act", "repeat"):
-        return None
-    knob = {"act": config.tau, "repeat": config.rho}.get(config.model)
-    return curve(config.task, config.model, knob, panel)
+    spec = method(config.model)
+    if as_repeat and spec.same_as is not None:  # the RNN drawn as Repeat's rho = 1
+        other, fields = spec.same_as
+        return curve(config.task, other, fields[method(other).knob.field], panel)
+    return curve(config.task, config.model, spec.knob_value(config), panel)
 
 
 def figure_curve(

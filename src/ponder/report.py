@@ -25,8 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import matched, rundir
-from .config import PONDERNET_DEFAULTS, TASK_DEFAULTS
+from .config import TASK_DEFAULTS
 from .figures import build_figures
+from .methods import METHODS
 from .paper import DIFFERS, PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES, PAPER_TASK_OPTIONS
 from .results import (
     STATUSES,
@@ -208,11 +209,12 @@ def reduced_reasons(runs: list[RunResult]) -> list[str]:
                 reasons.append(f"{task} with {options} (paper: {_options(paper)})")
         for name, value in TASK_DEFAULTS.get(task, {}).items():
             if name == "max_ponder":  # ACT's M against Fojo's, PonderNet's N against Banino's
-                for model, says, paper_n in (
-                    ("act", "ACT's M", value),
-                    ("pondernet", "PonderNet's N", PONDERNET_DEFAULTS["max_ponder"]),
-                ):
-                    mine = {c.max_ponder for c in configs if c.model == model} - {paper_n}
+                for spec in METHODS.values():
+                    if name not in spec.fields:
+                        continue
+                    paper_n = spec.defaults.get(name, value)
+                    says = f"{spec.title}'s {spec.symbols.get(name, name)}"
+                    mine = {c.max_ponder for c in configs if c.model == spec.name} - {paper_n}
                     if mine:
                         said = ", ".join(str(o) for o in sorted(mine))
                         reasons.append(f"{task} with {says} {said} (paper: {paper_n})")

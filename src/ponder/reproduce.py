@@ -19,8 +19,8 @@ from . import bench
 from . import sweep as sweeps
 from .config import ConfigError, RunConfig, from_dict, resolve, run_name
 from .engine import resolve_device
+from .methods import method
 from .paper import PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES
-from .results import fmt_tau
 
 FULL_GRIDS = {
     "parity": ["parity-table", "parity-tau", "parity-rho"],
@@ -277,8 +277,7 @@ def budget_note(task: str, budget: int) -> str:
     for (model, knob), (_, steps, _) in PAPER_TABLES.get(task, {}).items():
         at = _paper_steps(steps)
         if at is not None and at > budget:
-            name = {"act": f"ACT tau={fmt_tau(knob)}", "repeat": f"Repeat rho={knob}"}
-            later.append(f"{name.get(model, model.upper())} at {steps}")
+            later.append(f"{method(model).label_at(knob)} at {steps}")
     where = ""
     if task in PAPER_TABLES:
         title = PAPER_TABLE_TITLE[task].split(":")[0]

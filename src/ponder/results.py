@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from . import metrics, rundir, tasks, train
-from .config import PONDER_FIELDS, RunConfig
+from .config import RunConfig, ponder_fields
 from .engine import halting_uniforms
+from .methods import METHODS, method, rank
 from .paper import figure_steps, mean_floor, paper_values
 from .rundir import RunError
 
@@ -47,8 +48,6 @@ REPORT_STATUS = {
     "new": "unfinished",
 }
 CHUNK = 250  # sequences per forward pass when probing trained networks
-
-ADAPTIVE = ("act", "pondernet")  # the models whose steps per token vary
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,16 +115,6 @@ class RunResult:
         return self.censored_at, False
 
 
-def fmt_tau(tau: float | None) -> str:
-    """tau as the paper writes it: 1e-2, 5e-3 (0 for no penalty); part of a row's name."""
-    if tau is None:
-        return ""
-    if tau == 0:
-        return "0"
-    mantissa, exponent = f"{tau:e}".split("e")
-    return f"{float(mantissa):g}e{int(exponent)}"
-
-
 @dataclass
 class ConfigRow:
     """One configuration (runs that differ only in seed) aggregated: a row of the tables."""
@@ -166,20 +155,13 @@ class ConfigRow:
     @property
     def label(self) -> str:
         """The paper's name for the row: RNN / LSTM, ACT tau=1e-2, Repeat rho=2."""
-        name = {"act": "ACT ", "repeat": "Repeat ", "pondernet": "PonderNet "}.get(self.model, "")
-        name += self.short_label
+        name = method(self.model).label(self)
         return f"{name} ({self.variant})" if self.variant else name
 
     @property
     def short_label(self) -> str:
         """tau=1e-2, rho=2, or the cell's name for the RNN: a legend entry."""
-        if self.model == "act":
-            return f"tau={fmt_tau(self.tau)}"
-        if self.model == "repeat":
-            return f"rho={self.rho}"
-        if self.model == "pondernet":
-            return f"lambda_p={self.lambda_p:g}"
-        return self.cell.upper()
+        return method(self.model).short_label(self)
 
     @property
     def legend(self) -> str:
@@ -190,6 +172,7 @@ def read_run(run_dir: Path) -> RunResult:
     """Read one run directory; raises ``RunError`` if its config is unreadable."""
     run_dir = Path(run_dir)
     config = rundir.read_config(run_dir)
+    spec = method(config.model)
     rows = rundir.read_metrics(run_dir)
 
     def column(name: str) -> np.ndarray:
@@ -219,8 +202,8 @@ def read_run(run_dir: Path) -> RunResult:
         eval_steps_to_solve=None if i is None else int(steps[i]),
         repetitions=last.get("repetitions"),
         edge_crossing_at=None if edge is None else int(steps[edge]),
-        ponder_steps=last.get("ponder_steps") if config.model in ADAPTIVE else None,
-        expected_steps=last.get("ponder_cost") if config.model == "pondernet" else None,
+        ponder_steps=last.get("ponder_steps") if spec.adaptive else None,
+        expected_steps=last.get("ponder_cost") if spec.expected_steps else None,
         held_out=_held_out(config, last),
         error=error,
         writer=rundir.writer_pid(run_dir),
@@ -230,7 +213,8 @@ def read_run(run_dir: Path) -> RunResult:
 def _held_out(config: RunConfig, last: dict[str, float]) -> dict[str, dict[str, float | None]]:
     """Each held-out set's last logged accuracy, steps per token and ponder cost. Runs logged
     before ``eval_steps`` existed: a fixed model's steps are still known (rho, 1 for the RNN)."""
-    fixed = {"repeat": config.rho, "rnn": 1}.get(config.model)
+    spec = method(config.model)
+    fixed = None if spec.adaptive else spec.fixed_steps(config)
     out = {}
     for name in ["eval", *config.eval_sets]:
         steps = last.get(f"{name}_steps")
@@ -333,9 +317,7 @@ def _median(values: list[float | None]) -> float | None:
 def _order(row: ConfigRow) -> tuple:
     """The paper's order: tasks as in tasks.TASKS, the RNN, ACT by decreasing tau, Repeat by rho."""
     task_rank = list(tasks.TASKS).index(row.task) if row.task in tasks.TASKS else len(tasks.TASKS)
-    model_rank = {"rnn": 0, "act": 1, "repeat": 2, "pondernet": 3}.get(row.model, 4)
-    within = -(row.tau or 0.0) if row.model == "act" else (row.rho or row.lambda_p or 0)
-    return (task_rank, row.task, model_rank, within, row.variant)
+    return (task_rank, row.task, rank(row.model), method(row.model).order(row), row.variant)
 
 
 def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
@@ -351,11 +333,14 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
     # Settings beyond task/model/tau/rho/lambda_p that take several values within a task name
     # the rows; a ponder option only among configurations of its model (ACT's M and PonderNet's
     # N differ by design).
+    ponder = ponder_fields()
+    knobs = [s.knob.field for s in METHODS.values() if s.knob is not None]
+
     def varies(name: str, task: str, model: str) -> bool:
         peers = [
             key
             for key in keys.values()
-            if key["task"] == task and (name not in PONDER_FIELDS or key["model"] == model)
+            if key["task"] == task and (name not in ponder or key["model"] == model)
         ]
         return len({json.dumps(key[name]) for key in peers if name in key}) > 1
 
@@ -364,14 +349,13 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
         same_task = [key for key in keys.values() if key["task"] == task]
         names = list(dict.fromkeys(n for key in same_task for n in key))
         varying[task, model] = [
-            n
-            for n in names
-            if n not in ("task", "model", "tau", "rho", "lambda_p") and varies(n, task, model)
+            n for n in names if n not in ("task", "model", *knobs) and varies(n, task, model)
         ]
 
     rows = []
     for k, members in groups.items():
         key, c = keys[k], members[0].config
+        spec = method(c.model)
         members.sort(key=lambda r: (r.config.seed, r.path.name))
         variant = ", ".join(f"{n}={key[n]}" for n in varying[c.task, c.model] if n in key)
         row = ConfigRow(
@@ -379,14 +363,15 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
             task_options=dict(c.task_options),
             model=c.model,
             cell=c.cell,
-            tau=c.tau if c.model == "act" else None,
-            rho={"repeat": c.rho, "rnn": 1}.get(c.model),
-            lambda_p=c.lambda_p if c.model == "pondernet" else None,
+            tau=None,
+            rho=None if spec.adaptive else spec.fixed_steps(c),  # steps every token takes
             variant=variant,
             runs=members,
             paper=paper_values(c),
             paper_figure=figure_steps(c),
         )
+        if spec.knob is not None:  # what names the row: ACT's tau, Repeat's rho
+            setattr(row, spec.knob.field, spec.knob_value(c))
         n = len(members)
         times, solved = zip(*(r.time_to_solve() for r in members), strict=True)
         row.solved = sum(solved)
@@ -402,9 +387,9 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
         row.provisional = provisional_reason(members)
         row.median_repetitions = _median([r.repetitions for r in members])
         row.median_floor_repetitions = _median([r.floor_repetitions for r in members])
-        if c.model in ADAPTIVE:
+        if spec.adaptive:
             row.median_ponder_steps = _median([r.ponder_steps for r in members])
-        if c.model == "pondernet":
+        if spec.expected_steps:
             row.median_expected_steps = _median([r.expected_steps for r in members])
         row.counts = {s: sum(r.status == s for r in members) for s in STATUSES}
         rows.append(row)

@@ -55,6 +55,8 @@ from .config import (
     run_name,
 )
 from .memory import keep_freed_memory
+from .methods import method
+from .methods.common import GATES
 from .rundir import RunError, atomic_write
 
 GRID_KEYS = {"name", "description", "base", "seeds", "budget", "stop_when_solved", "axes", "note"}
@@ -502,16 +504,14 @@ def _longest_first(job: list[tuple[RunConfig, Path]]) -> tuple[float, float]:
     processing time first). A job's cost is bounded by its runs' steps x the recurrent steps a
     training step can take (Repeat's rho, ACT's cap M, PonderNet's N) x a recurrent step's
     multiply-adds; ACT's real ponder is unknown before it trains, so its bound ranks it first,
-    the smallest tau (which ponders most) ahead."""
-    from .engine import effective_tau
-    from .models import GATES
+    the smallest tau (which ponders most) ahead (``MethodSpec.ponder_pressure``)."""
 
     def cost(c: RunConfig) -> float:
-        per_step = {"repeat": c.rho, "act": c.max_ponder, "pondernet": c.max_ponder}
-        return c.steps * per_step.get(c.model, 1) * c.hidden * c.hidden * GATES[c.cell]
+        per_step = method(c.model).max_steps(c)
+        return c.steps * per_step * c.hidden * c.hidden * GATES[c.cell]
 
-    taus = [effective_tau(c) for c, _ in job if c.model == "act"]
-    return -sum(cost(c) for c, _ in job), min(taus, default=0.0)
+    pressure = [method(c.model).ponder_pressure(c) for c, _ in job]
+    return -sum(cost(c) for c, _ in job), min(pressure, default=0.0)
 
 
 def _ensembles(
@@ -531,9 +531,11 @@ def _ensembles(
     """
     chunks = -(-len(group) // batch)
     size = -(-len(group) // chunks)
-    from .engine import effective_tau
 
-    ordered = sorted(group, key=lambda run: (-effective_tau(run[0]), run[0].seed, str(run[1])))
+    def key(run: tuple[RunConfig, Path]) -> tuple:
+        return (-method(run[0].model).ponder_pressure(run[0]), run[0].seed, str(run[1]))
+
+    ordered = sorted(group, key=key)
     return [ordered[i : i + size] for i in range(0, len(ordered), size)]
 
 
@@ -546,8 +548,6 @@ def worth_batching(config: RunConfig, on_gpu: bool) -> bool:
     cells (addition, sort), whose step is bound by arithmetic and where PyTorch's fused LSTM
     kernel beats batched matmuls (``ponder bench``: 0.5x to 0.9x on 2 cores).
     """
-    from .models import GATES
-
     if on_gpu:
         return True
     return config.hidden * GATES[config.cell] <= 512

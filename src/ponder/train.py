@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from . import metrics, rundir, tasks
-from .config import RunConfig
+from .config import RunConfig, ensemble_member_fields
 from .engine import (
     WINDOW,
     Engine,
@@ -196,7 +196,7 @@ def run_group(
     if len({c.ensemble_key() for c in configs}) != 1:
         raise ValueError(
             "run_group: the configs differ in more than the ensemble member fields "
-            "(seed, tau, lambda_p, beta)"
+            f"({', '.join(ensemble_member_fields())})"
         )
     # An unavailable device or a network the machine cannot hold fails before any directory
     # is made.
@@ -387,7 +387,6 @@ def _loop(eng: Engine, members: list[Member], step: int, device: torch.device) -
                 if stop:
                     m.finish()
                     live.remove(i)
-                    eng.stop(i)
             if live and len(live) < eng.k:
                 eng, members = _repack(eng, members, live, step, device)
                 live = list(range(len(members)))

@@ -11,7 +11,7 @@ them were added, another 21 MB, on every step. Here the states are stacked only 
 token starts from one of them, the halting unit and the readout are one projection V of
 P = 1 + O rows, and the backward takes each product in its fast orientation and adds dL/dz V
 into the recurrence one step at a time. Nothing is approximated:
-``tests/test_fused_pondernet.py`` checks values and gradients against autograd through the same
+``tests/test_pondernet_rnn.py`` checks values and gradients against autograd through the same
 equations, and against finite differences.
 ``Ensemble`` uses it for ``cell="rnn"`` on the CPU; elsewhere autograd's path stays.
 

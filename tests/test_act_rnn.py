@@ -4,8 +4,9 @@ loop, and against finite differences."""
 import pytest
 import torch
 
-from ponder import act, fused
-from ponder.fused import tanh_act
+from ponder.kernels import act_rnn as fused
+from ponder.kernels.act_rnn import tanh_act
+from ponder.methods import act
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons (conftest.py)
 

@@ -16,7 +16,7 @@ backward replays the steps in reverse on the same sets, with the gradients below
 everything but the recurrence is computed for all of its steps at once, and the weights'
 gradients are one matmul per run over the set's steps and rows: the recurrence leaves three
 operations per ponder step (and one matmul per run). Nothing is approximated: values equal
-ponder_token's and gradients autograd's up to float rounding; ``tests/test_fused.py`` checks
+ponder_token's and gradients autograd's up to float rounding; ``tests/test_act_rnn.py`` checks
 both against autograd through ponder_token, and against finite differences.
 
 Measured on 2 cores (BENCHMARKS.md): with its backward written out, an ensemble of 16 in which

@@ -28,9 +28,9 @@ step (its weights are no longer gathered), so a step costs about what its member
 K times its slowest member (runs drop out once at least half of those computed are done).
 
 For an ``nn.RNNCell`` with tanh, the loop runs without autograd and its backward is written out
-(``fused.py``): a ponder step of a few rows then costs a few operations, not autograd's seventy,
-and an ensemble's running (run, sample) pairs are one ragged set of rows, no run padded to the
-rows of the longest.
+(``kernels/act_rnn.py``): a ponder step of a few rows then costs a few operations, not
+autograd's seventy, and an ensemble's running (run, sample) pairs are one ragged set of rows,
+no run padded to the rows of the longest.
 
 Deciding that the loop has ended reads one number per ponder step on the host. A CUDA graph
 cannot, so ``unroll=U`` runs exactly U ponder steps over every sample instead (halted ones masked,
@@ -42,78 +42,27 @@ does). With U >= M it never overflows: the cap halts every sample.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-State = torch.Tensor | tuple[torch.Tensor, ...]
-
-
-def _output(state: State) -> torch.Tensor:
-    """The cell's output y: h itself, or h of an LSTM's (h, c)."""
-    return state[0] if isinstance(state, tuple) else state
-
-
-def check_cell(owner: str, cell: nn.Module) -> None:
-    """A cell must follow ``nn.RNNCell``'s convention: ``cell(x, state) -> state`` with
-    ``input_size`` (flag included) and ``hidden_size`` attributes."""
-    if not isinstance(cell, nn.Module) or not callable(cell):
-        raise TypeError(f"{owner} wraps a recurrent cell module, got {type(cell)!r}")
-    for attr in ("input_size", "hidden_size"):
-        if not isinstance(getattr(cell, attr, None), int):
-            raise TypeError(f"{owner}: the cell {type(cell).__name__} has no int {attr!r}")
-    if cell.input_size < 1:
-        raise ValueError(f"{owner}: the cell's input_size counts the first-step flag, so >= 1")
-
-
-def initial_state(cell: nn.Module, x: torch.Tensor) -> State:
-    """The zero state of ``cell`` for the batch of ``x``: ``(h, c)`` for an LSTM cell, the
-    cell's own ``initial_state(x)`` where it has one, else one ``[batch, hidden]`` tensor."""
-    if hasattr(cell, "initial_state"):
-        return cell.initial_state(x)
-    zeros = x.new_zeros(x.shape[0], cell.hidden_size)
-    return (zeros, zeros.clone()) if isinstance(cell, nn.LSTMCell) else zeros
-
-
-def _map(fn, *states: State) -> State:
-    """Apply ``fn`` to the tensors of one or more states of the same type."""
-    if isinstance(states[0], tuple):
-        return tuple(fn(*parts) for parts in zip(*states, strict=True))
-    return fn(*states)
-
-
-def flagged(x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t^1 and x_t^n (n > 1): the token with the first-step flag (1, then 0) as its first
-    column."""
-    flag = x_t.new_ones(x_t.shape[0], 1)
-    return torch.cat([flag, x_t], 1), torch.cat([flag * 0, x_t], 1)
-
-
-class Pondering(nn.Module):
-    """What ACT and PonderNet share: the wrapped cell, a halting unit over its output (an
-    ``nn.Linear(hidden, 1)`` whose bias starts at ``halting_bias``), the most steps per token,
-    and the check of their input's shape."""
-
-    def __init__(self, name: str, cell: nn.Module, max_steps: int, halting_bias: float) -> None:
-        super().__init__()
-        check_cell(name, cell)
-        if max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-        self._method = name
-        self.cell = cell
-        self.max_steps = int(max_steps)
-        self.hidden_size = cell.hidden_size
-        self.input_size = cell.input_size - 1  # the data's features, without the flag
-        self.halting = nn.Linear(cell.hidden_size, 1)
-        with torch.no_grad():
-            self.halting.bias.fill_(halting_bias)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"{self._method} expects x of shape [batch, time, {self.input_size}], "
-                f"got {tuple(x.shape)}"
-            )
+from ..kernels.act_rnn import tanh_act
+from .common import (
+    CELLS,
+    Pondering,
+    State,
+    flagged,
+    initial_state,
+    linear,
+    map_state,
+    output_of,
+    per_token,
+    recur,
+    take_rows,
+)
+from .naive import act_reference
+from .spec import Knob, MethodSpec, fmt_tau
 
 
 class ACT(Pondering):
@@ -195,7 +144,7 @@ class ACT(Pondering):
     def _ponder(self, x_t: torch.Tensor, s_prev: State, unroll: int | None, probs: bool):
         cell = self.cell
         tanh_rnn = type(cell) is nn.RNNCell and cell.nonlinearity == "tanh"
-        if tanh_rnn and unroll is None and not probs:  # the hand-written backward (fused.py)
+        if tanh_rnn and unroll is None and not probs:  # the hand-written backward (act_rnn.py)
             return self._tanh_ponder(x_t, s_prev)
         first, later = flagged(x_t)  # x_t^1, x_t^n>1
 
@@ -208,9 +157,7 @@ class ACT(Pondering):
         return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps, unroll, probs)
 
     def _tanh_ponder(self, x_t: torch.Tensor, s_prev: torch.Tensor):
-        """``_ponder`` for an ``nn.RNNCell`` (tanh) through ``fused.tanh_act``, one run of K."""
-        from .fused import tanh_act  # fused builds on ponder_token, defined here
-
+        """``_ponder`` for an ``nn.RNNCell`` (tanh) through ``kernels.act_rnn``, one run of K."""
         cell = self.cell
         w_ih = cell.weight_ih
         bias = cell.bias_ih + cell.bias_hh if cell.bias else None
@@ -220,13 +167,6 @@ class ACT(Pondering):
             self.halting.weight[None], self.halting.bias[None], self.epsilon, self.max_steps,
         )  # fmt: skip
         return y[0], y[0], steps[0], remainder[0], None, None
-
-
-def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """``t [..., B, F]`` at the sample rows ``rows [..., R]`` (all of them for None)."""
-    if rows is None:
-        return t
-    return t.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, t.shape[-1]))
 
 
 class Gathered:
@@ -285,7 +225,7 @@ def _add_sums(totals: tuple, sums: tuple, rows: torch.Tensor | None, flat: torch
     if s_mean is None:  # nothing summed yet: the first set, which is every row, is the sum
         s_mean = c_mean
     else:
-        s_mean = _map(lambda acc, c: _add_rows(acc, rows, c, flat), s_mean, c_mean)
+        s_mean = map_state(lambda acc, c: _add_rows(acc, rows, c, flat), s_mean, c_mean)
     return s_mean, _add_rows(remainder, rows, c_rem, flat), _add_rows(steps, rows, c_steps, flat)
 
 
@@ -315,7 +255,7 @@ def ponder_token(
     change. With ``unroll`` every sample is computed on each of exactly
     ``min(unroll, max_steps)`` steps and nothing is read on the host.
     """
-    y_prev = _output(s_prev)
+    y_prev = output_of(s_prev)
     lead = y_prev.shape[:-1]  # (..., B)
     one_minus_eps = 1.0 - epsilon
     # Per row of the compact set (all B rows at first): still running, sum_{n'<n} h_t^n'.
@@ -336,7 +276,7 @@ def ponder_token(
     last = max_steps if unroll is None else min(unroll, max_steps)
     for n in range(1, last + 1):
         s = step(n, s, rows, members)  # s_t^n of the compact rows
-        h = halt(_output(s), members)  # h_t^n from y_t^n
+        h = halt(output_of(s), members)  # h_t^n from y_t^n
         # The test includes h_t^n: a sample halts at the first n with sum_{n'<=n} h >= 1 - eps,
         # or at the cap M.
         cum_next = cum_h + h  # sum_{n'<=n} h_t^n'
@@ -351,9 +291,9 @@ def ponder_token(
         p = torch.where(going_on, h, r_n)
         p_col = p.unsqueeze(-1)
         if c_mean is None:
-            c_mean = _map(lambda new, w=p_col: w * new, s)
+            c_mean = map_state(lambda new, w=p_col: w * new, s)
         else:
-            c_mean = _map(lambda acc, new, w=p_col: torch.addcmul(acc, w, new), c_mean, s)
+            c_mean = map_state(lambda acc, new, w=p_col: torch.addcmul(acc, w, new), c_mean, s)
         c_rem = c_rem + r_n
         c_steps = c_steps + running
         if probs:
@@ -383,12 +323,12 @@ def ponder_token(
             members = keep if members is None else members[keep]
             running, cum_h = running[keep], cum_h[keep]
             rows = None if rows is None else rows[keep]
-            s = _map(lambda t, i=keep: t[i], s)
+            s = map_state(lambda t, i=keep: t[i], s)
         if shrink:  # keep only the rows still running (first, per index, padded to ``left``)
             order = torch.argsort((~running).to(torch.int8), dim=-1, stable=True)[..., :left]
             rows = order if rows is None else rows.gather(-1, order)
             running, cum_h = running.gather(-1, order), cum_h.gather(-1, order)
-            s = _map(lambda t, o=order: take_rows(t, o), s)
+            s = map_state(lambda t, o=order: take_rows(t, o), s)
         if members is not None:
             flat = _flat_index(members, rows, lead[-1])
         c_mean = None
@@ -398,4 +338,126 @@ def ponder_token(
     )
     overflow = None if unroll is None else running.any()
     p_t = torch.stack(p_list, -1) if probs else None
-    return _output(s_mean), s_mean, steps, remainder, p_t, overflow
+    return output_of(s_mean), s_mean, steps, remainder, p_t, overflow
+
+
+# --------------------------------------------------------------------------------------------
+# ACT in a task network: one run, K stacked runs, the loss, and its record in the table
+
+
+def build(spec: Any) -> ACT:
+    """The one-run core for a ``ModelSpec``: its cell (the flag as one more input) in ACT."""
+    cell = CELLS[spec.cell](spec.input_size + 1, spec.hidden)
+    return ACT(cell, spec.epsilon, spec.max_ponder, spec.halting_bias)
+
+
+def forward(
+    net: Any, x: torch.Tensor, unroll: int | None = None, uniforms: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A task network's logits and info: ``ponder_steps`` N(t), ``ponder_cost`` rho_t =
+    N(t) + R(t) (what the loss penalises) and ``repetitions`` N(t) - 1 + R(t) (what the Fojo
+    paper reports), ``[B, T]``; with ``unroll``, ``overflow``."""
+    y, _, act_info = net.core(x, unroll=unroll)
+    steps = act_info["steps"].to(y.dtype)
+    info = {
+        "ponder_steps": steps,
+        "ponder_cost": act_info["ponder_cost"],
+        "repetitions": steps - 1.0 + act_info["remainder"].detach(),
+    }
+    if unroll is not None:
+        info["overflow"] = act_info["overflow"]
+    return net.readout(y), info
+
+
+def stacked(
+    ens: Any, x: torch.Tensor, unroll: int | None = None, uniforms: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``forward`` for K runs stacked (``ensemble.Ensemble``): ``ponder_token`` over runs x
+    samples, so a token's loop ends when every sample of every run has halted; for the tanh
+    RNN cell the ragged loop with its backward written out (``kernels.act_rnn``), except with a
+    fixed unroll."""
+    spec = ens.spec
+    w_ih, w_hh, b_ih, b_hh = ens.weights("core.cell")
+    fold = spec.cell != "gru"  # b_hh joins the input part (see common.recur)
+    w_halt, b_halt = ens.p("core.halting.weight"), ens.p("core.halting.bias")
+    w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H): the first-step flag's column
+    # x_t's projection is the same on every ponder step: compute it once per token.
+    g_tokens = linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
+
+    of = Gathered()  # weights and inputs at the compact set of runs and samples
+
+    def halt(y, members):
+        w, b = of("w_halt", w_halt, members), of("b_halt", b_halt, members)
+        return torch.sigmoid(linear(y, w, b)).squeeze(-1)
+
+    state = ens.zero_state(x)
+    limits = (spec.epsilon, spec.max_ponder)
+    outs, steps, rems, overflow = [], [], [], []
+    for t in range(x.shape[2]):
+        g_first, g_later = g_tokens[t] + w_flag, g_tokens[t]
+
+        def step(n, s, rows, members, g_first=g_first, g_later=g_later):
+            h = s[0] if isinstance(s, tuple) else s
+            gi = of("g", g_later, members, rows) if n > 1 else of("g1", g_first, members, rows)
+            b = of("b_hh", b_hh, members) if not fold else None  # folded into gi otherwise
+            return recur(spec.cell, gi, h, of("w_hh", w_hh, members), b, s)
+
+        if spec.cell == "rnn" and unroll is None:  # the hand-written backward
+            y, n_t, r_t = tanh_act(g_first, g_later, state, w_hh, w_halt, b_halt, *limits)
+            state, o_t = y, None
+        else:
+            y, state, n_t, r_t, _, o_t = ponder_token(
+                step, halt, state, *limits, unroll, probs=False
+            )
+        overflow.append(o_t)
+        outs.append(y)
+        steps.append(n_t)
+        rems.append(r_t)
+    n = torch.stack(steps, 2).to(x.dtype)  # (K, B, T)
+    r = torch.stack(rems, 2)
+    info = {"ponder_steps": n, "ponder_cost": n + r, "repetitions": n - 1.0 + r.detach()}
+    if unroll is not None:
+        info["overflow"] = torch.stack(overflow).any()
+    y = torch.stack(outs, 2)  # (K, B, T, H)
+    return linear(y, ens.p("readout.weight"), ens.p("readout.bias")), info
+
+
+def loss(
+    task: Any,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    info: dict[str, torch.Tensor],
+    weights: dict[str, Any],
+    ponder_loss: str = "mean",
+    tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence ``(loss, task_loss)``: the task loss (its mean over the sequence's
+    classifications) + tau * the ponder cost rho_t = N(t) + R(t), averaged (the authors' code)
+    or summed (Graves, ``ponder_loss="sum"``) over the sequence's own tokens (``tokens``), so
+    that padding neither dilutes the penalty nor is rewarded for halting."""
+    task_loss = task.loss(logits, targets)
+    ponder = per_token(info["ponder_cost"], tokens, ponder_loss)  # rho_t, (..., T) -> (...)
+    return task_loss + weights["tau"] * ponder, task_loss
+
+
+SPEC = MethodSpec(
+    name="act",
+    title="ACT",
+    fields=("tau", "epsilon", "max_ponder", "halting_bias", "ponder_loss"),
+    knob=Knob("tau", "tau", "tau", fmt=fmt_tau, descending=True),
+    color="tab:orange",
+    build=build,
+    forward=forward,
+    stacked=stacked,
+    loss=loss,
+    loss_weights=lambda config: {"tau": config.tau},
+    max_steps=lambda config: config.max_ponder,
+    defaults={"halting_bias": 1.0},  # Graves: b_h starts at 1 so that early steps do not halt
+    symbols={"max_ponder": "M"},
+    per_member=("tau",),
+    halts_on_host=True,
+    repetitions_label="ponder N(t) - 1 + R(t)",  # the paper's "repetitions"
+    repetitions_name="ponder",
+    ponder_pressure=lambda config: config.tau,
+    naive=act_reference(),
+)

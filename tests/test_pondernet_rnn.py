@@ -4,7 +4,7 @@ same equations, and against finite differences."""
 import pytest
 import torch
 
-from ponder.fused_pondernet import tanh_pondernet
+from ponder.kernels.pondernet_rnn import tanh_pondernet
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons (conftest.py)
 

@@ -15,7 +15,7 @@ import torch
 
 # Below this many elements torch.tanh's one kernel (and one autograd node) beats the sigmoid
 # form's three or four: 8,192 is where they cross with a backward, 2,048 without one (the
-# loops whose backward is written out, ``fused.py`` and ``fused_pondernet.py``).
+# loops whose backward is written out, ``act_rnn.py`` and ``pondernet_rnn.py``).
 _SMALL = 8192
 _SMALL_NO_GRAD = 2048
 
