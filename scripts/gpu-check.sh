@@ -11,8 +11,9 @@
 # build) and the dependencies: $PYTHON, default .venv/bin/python if there is one, else python3.
 # On a machine whose python3 is itself a venv with CUDA PyTorch (a GPU image), that is simply
 #     PYTHON=python3 bash scripts/gpu-check.sh
-# Arguments go to `python -m ponder.gpucheck`: `--device cpu --reduced` is a CPU trial of every
-# stage's code; without CUDA and without them, every CUDA stage reports "skipped: no CUDA".
+# Arguments go to `python -m ponder.experiments.gpucheck`: `--device cpu --reduced` is a CPU
+# trial of every stage's code; without CUDA and without them, every CUDA stage reports
+# "skipped: no CUDA".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -21,4 +22,4 @@ if ! "$py" -c 'import torch, yaml, scipy, tqdm, pytest, torch.utils.tensorboard'
     echo "gpu-check: $py cannot import torch, yaml, scipy, tqdm, pytest and tensorboard; set PYTHON to a Python that can" >&2
     exit 2
 fi
-exec "$py" -m ponder.gpucheck --out "${OUT:-gpu-check}" "$@"
+exec "$py" -m ponder.experiments.gpucheck --out "${OUT:-gpu-check}" "$@"

@@ -6,7 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from ponder import report, rundir
+from ponder import rundir
+from ponder.analysis import report
 from ponder.config import RunConfig, resolve, save_yaml
 
 LOGS = 60  # hand-made runs log every 1,000 steps up to 60,000

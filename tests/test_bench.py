@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from ponder import bench, engine
+from ponder import cli
 from ponder.cli import main
 from ponder.config import RunConfig, resolve
+from ponder.experiments import bench, timing
 from ponder.methods import method
 from ponder.methods.naive import copy_weights, naive_loss, naive_model
+from ponder.training import engine, graphs
 
 
 def _pair(model, task, options, **fields):
@@ -15,7 +17,7 @@ def _pair(model, task, options, **fields):
         RunConfig(task=task, task_options=options, model=model, hidden=12, device="cpu", **fields)
     )
     task_obj, spec = engine.build(config)
-    net = bench._init_net(config, spec, 3)
+    net = timing.init_net(config, spec, 3)
     naive = copy_weights(naive_model(config, task_obj, method(model).naive), net)
     x, y = task_obj.sample(9, torch.Generator().manual_seed(1))
     return config, task_obj, net, naive, x, y
@@ -123,7 +125,7 @@ def test_a_failing_case_leaves_the_others_and_the_file(tmp_path, monkeypatch, ca
 
     def broken(config, device):
         if config.model == "repeat":
-            raise bench.graphs.RecordError("recording the training step failed (test)")
+            raise graphs.RecordError("recording the training step failed (test)")
         return single(config, device)
 
     monkeypatch.setattr(bench.Report, "write", record)
@@ -171,9 +173,9 @@ def test_add_parser_defaults():
     import argparse
 
     parser = argparse.ArgumentParser()
-    bench.add_parser(parser.add_subparsers(dest="command"))
+    cli._add_bench(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--quick", "--device", "cpu"])
     assert args.quick and args.device == "cpu" and str(args.out) == "BENCHMARKS.md"
     assert args.cuda_graphs and args.threads is None
     assert not parser.parse_args(["bench", "--no-cuda-graphs"]).cuda_graphs
-    assert args.func is bench._cmd_bench
+    assert args.func is cli._cmd_bench

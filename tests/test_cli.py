@@ -161,7 +161,7 @@ BAD_EXECUTOR_FLAGS = [
 def test_bad_executor_flags_are_one_line(
     capsys, tmp_path, monkeypatch, tiny_grid, command, flag, value, match
 ):
-    from ponder import reproduce, sweep
+    from ponder.experiments import reproduce, sweep
 
     grid_file = tmp_path / "tiny.yaml"
     grid_file.write_text(tiny_grid)

@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
-from ponder import rundir, sweep
+from ponder import rundir
 from ponder.config import ConfigError, RunConfig, from_dict, load_yaml, resolve, run_name
+from ponder.experiments import sweep
 
 
 def test_identity_ignores_the_fields_a_model_ignores():

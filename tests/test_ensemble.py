@@ -5,10 +5,11 @@ import dataclasses
 import pytest
 import torch
 
-from ponder import engine, ensemble, rundir, train
+from ponder import rundir
 from ponder.kernels import act_rnn as fused
 from ponder.methods import act
-from ponder.models import ModelSpec, build_model
+from ponder.training import engine, ensemble, train
+from ponder.training.models import ModelSpec, build_model
 
 
 def _close(a, b):

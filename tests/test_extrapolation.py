@@ -14,10 +14,13 @@ import pytest
 import torch
 from sweeps import make_run, read_csv
 
-from ponder import engine, matched, report, reproduce, results, rundir, train
+from ponder import rundir
+from ponder.analysis import figures, matched, report, results
 from ponder.cli import main
 from ponder.config import ConfigError, RunConfig, from_dict, resolve
+from ponder.experiments import reproduce
 from ponder.tasks.parity import Parity
+from ponder.training import engine, train
 
 CPU = torch.device("cpu")
 BASE_COLUMNS = [
@@ -712,12 +715,12 @@ def test_the_k_figure_probes_every_k_inside_and_beyond_training(tiny, tmp_path):
     for seed in (0, 1):
         train.run(tiny(model="repeat", rho=3, seed=seed, **over), sw / f"rep3-s{seed}")
         train.run(tiny(model="act", seed=seed, **over), sw / f"act-s{seed}")
-    ks, acc, steps = results.probe_by_k(sw / "rep3-s0", 40, 0)
+    ks, acc, steps = figures.probe_by_k(sw / "rep3-s0", 40, 0)
     assert ks.tolist() == [1, 2, 3, 4, 5, 6]
     assert np.all((acc >= 0) & (acc <= 1)) and np.all(steps == 3.0)  # Repeat computes rho
-    again = results.probe_by_k(sw / "rep3-s0", 40, 0)
+    again = figures.probe_by_k(sw / "rep3-s0", 40, 0)
     assert all(np.array_equal(a, b) for a, b in zip((ks, acc, steps), again, strict=True))
-    _, _, act_steps = results.probe_by_k(sw / "act-s0", 40, 0)
+    _, _, act_steps = figures.probe_by_k(sw / "act-s0", 40, 0)
     assert np.all(act_steps >= 1.0)
     text = report.build_report(sw, difficulty_samples=20).read_text()
     assert (sw / "figures" / "parity-by-k.png").exists() and "parity-by-k.png" in text

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from sweeps import find, make_paper_sweep, make_run, read_csv, tiny_config
 
-from ponder import figures, report, results, rundir, train
+from ponder import rundir
+from ponder.analysis import figures, report, results
+from ponder.training import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

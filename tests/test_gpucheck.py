@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ponder import bench, gpucheck
+from ponder.experiments import bench, gpucheck
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,11 +10,12 @@ import dataclasses
 import pytest
 import torch
 
-from ponder import engine, ensemble, graphs, rundir, train
+from ponder import rundir
 from ponder.cli import main
 from ponder.kernels import tanh as ponder_tanh
 from ponder.methods import pondernet
-from ponder.models import ModelSpec, build_model
+from ponder.training import engine, ensemble, graphs, train
+from ponder.training.models import ModelSpec, build_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

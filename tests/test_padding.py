@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ponder import engine, tasks, train
+from ponder import tasks
 from ponder.config import RunConfig, resolve
-from ponder.models import build_model
 from ponder.tasks.base import IGNORE
+from ponder.training import engine, train
+from ponder.training.models import build_model
 
 LENGTH = 4  # every sequence of the batch has 4 tokens; padded to 10, or not at all
 

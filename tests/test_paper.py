@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sweeps import LOGS, make_run, read_csv
 
-from ponder import paper, report
+from ponder.analysis import paper, report
 from ponder.config import RunConfig, resolve
 
 

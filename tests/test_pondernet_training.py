@@ -7,12 +7,14 @@ import torch
 import torch.nn.functional as F
 from sweeps import make_run, read_csv
 
-from ponder import engine, report, rundir, train
+from ponder import rundir
+from ponder.analysis import report
 from ponder.cli import main
 from ponder.config import ConfigError, RunConfig, resolve
-from ponder.models import ModelSpec, build_model
 from ponder.tasks import make
 from ponder.tasks.base import IGNORE
+from ponder.training import engine, train
+from ponder.training.models import ModelSpec, build_model
 
 
 def _prior(lambda_p: float, n: int) -> list[float]:

@@ -17,9 +17,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ponder import ray_executor, rundir, sweep, train  # noqa: E402
+from ponder import rundir  # noqa: E402
 from ponder.config import ConfigError, RunConfig, resolve  # noqa: E402
-from ponder.ray_executor import RayExecutor  # noqa: E402
+from ponder.experiments import ray_executor, sweep  # noqa: E402
+from ponder.experiments.ray_executor import RayExecutor  # noqa: E402
+from ponder.training import train  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -144,7 +146,8 @@ def test_an_instance_it_starts_is_shut_down(tmp_path, tiny_grid):
     """`ponder sweep --executor ray` without --address: a private instance, gone afterwards."""
     (tmp_path / "g.yaml").write_text(tiny_grid.replace("rho: [2, 3]", "rho: [2]"))
     script = (
-        "import ray; from ponder import sweep; from ponder.ray_executor import RayExecutor\n"
+        "import ray; from ponder.experiments import sweep\n"
+        "from ponder.experiments.ray_executor import RayExecutor\n"
         f"g = sweep.load_grid({str(tmp_path / 'g.yaml')!r}, seeds=1, budget=20, progress=False)\n"
         "g.runs = g.runs[-1:]\n"
         f"r = sweep.sweep(g, {str(tmp_path / 's')!r}, RayExecutor(), progress=False)\n"

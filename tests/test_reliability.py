@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ponder import rundir, sweep, train
+from ponder import rundir
 from ponder.cli import main
+from ponder.experiments import sweep
+from ponder.training import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -334,7 +336,8 @@ SITECUSTOMIZE = """
 import os, sys, time
 from pathlib import Path
 # The first worker of the sweep sleeps before it trains: another start, another load.
-if "ponder.sweep" in " ".join(sys.argv) or (len(sys.argv) > 1 and sys.argv[-1].endswith(".json")):
+WORKER = "ponder.experiments.executors"
+if WORKER in " ".join(sys.argv) or (len(sys.argv) > 1 and sys.argv[-1].endswith(".json")):
     flag = Path(os.environ["PONDER_TEST_DELAY_FLAG"])
     try:
         flag.touch(exist_ok=False)

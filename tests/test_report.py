@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from sweeps import find, make_paper_sweep, make_run, read_csv
 
-from ponder import metrics, report, results, rundir
+from ponder import metrics, rundir
+from ponder.analysis import report, results
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ import dataclasses
 
 import pytest
 
-from ponder import reproduce, rundir, sweep
+from ponder import rundir
 from ponder.cli import main
+from ponder.experiments import reproduce, sweep
 
 
 def test_quick_grid_is_the_reduced_parity_experiment():

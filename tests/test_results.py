@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from sweeps import LOGS, make_paper_sweep, make_run, tiny_config
 
-from ponder import paper, results, rundir, train
+from ponder import rundir
+from ponder.analysis import figures, paper, results
 from ponder.config import RunConfig, resolve
 from ponder.methods import fmt_tau
+from ponder.training import train
 
 
 @pytest.fixture
@@ -179,15 +181,15 @@ def addition_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_probe_is_seeded_and_shaped(addition_run: Path) -> None:
-    ponder, difficulty = results.probe_ponder(addition_run, samples=300, seed=5)
+    ponder, difficulty = figures.probe_ponder(addition_run, samples=300, seed=5)
     assert ponder.shape == difficulty.shape == (300, 3)  # [samples, numbers], chunked 250 + 50
     assert set(np.unique(difficulty)) <= {1, 2}  # digits per number
     assert (ponder >= 0).all()
-    again, _ = results.probe_ponder(addition_run, samples=300, seed=5)
+    again, _ = figures.probe_ponder(addition_run, samples=300, seed=5)
     np.testing.assert_array_equal(ponder, again)
 
 
 def test_probe_of_a_run_without_checkpoint(tmp_path: Path) -> None:
     run = make_run(tmp_path, "no-checkpoint", model="act", tau=0.01)
     with pytest.raises(rundir.RunError, match="checkpoint.pt is missing"):
-        results.probe_ponder(run, samples=10, seed=0)
+        figures.probe_ponder(run, samples=10, seed=0)

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ponder import rundir, sweep, train
+from ponder import rundir
 from ponder.cli import main
 from ponder.config import ConfigError
+from ponder.experiments import sweep
+from ponder.training import train
 
 
 @pytest.fixture
@@ -223,7 +225,8 @@ def test_ctrl_c_ends_the_workers_starts_no_job_and_the_same_command_resumes(
     while not rundir.read_metrics(first):
         assert proc.poll() is None and time.time() < deadline, "the first run never logged"
         time.sleep(0.05)
-    workers = _live_processes(f"{out}{os.sep}.jobs")  # `python -m ponder.sweep S/.jobs/job0.json`
+    # `python -m ponder.experiments.executors S/.jobs/job0.json`
+    workers = _live_processes(f"{out}{os.sep}.jobs")
     assert len(workers) == 1, workers
     proc.send_signal(sig)  # the sweep only, as `kill -INT` (or `kill`); not its workers
     try:

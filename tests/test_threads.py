@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from ponder import threads
 from ponder.cli import main
+from ponder.training import threads
 
 PARITY = ("rnn", 128, 65, 128)  # the Fojo parity network: cell, hidden, inputs + 1, batch
 ADDITION = ("lstm", 512, 51, 32)

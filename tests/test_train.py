@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from ponder import engine, rundir, train
-from ponder.models import ModelSpec, build_model
+from ponder import rundir
+from ponder.training import engine, train
+from ponder.training.models import ModelSpec, build_model
 
 
 def _rows(d):

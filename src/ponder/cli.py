@@ -128,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from . import threads, train
+    from .training import threads, train
 
     config = config_from_args(args)
     out = args.out or Path("runs") / f"{config.task}-{run_name(config)}"
@@ -162,7 +162,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from . import sweep
+    from .experiments import sweep
 
     path = args.grid
     if not path.exists() and path.suffix == "" and path.name in sweep.builtin_grids():
@@ -176,7 +176,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _executor(args: argparse.Namespace) -> Any:
     if args.executor == "ray":
-        from .ray_executor import RayExecutor
+        from .experiments.ray_executor import RayExecutor
 
         return RayExecutor(
             address=args.address,
@@ -184,13 +184,13 @@ def _executor(args: argparse.Namespace) -> Any:
             gpus_per_job=args.gpus_per_job,
             max_retries=args.retries,
         )
-    from .sweep import LocalExecutor
+    from .experiments.sweep import LocalExecutor
 
     return LocalExecutor(jobs=args.jobs)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .analysis.report import build_report
 
     path = build_report(args.dir, say=lambda line: print(f"ponder report: {line}", file=sys.stderr))
     print(f"report: {path}")
@@ -198,7 +198,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from .experiments.reproduce import reproduce
 
     return reproduce(
         args.what,
@@ -229,6 +229,61 @@ def _number(kind: type, lowest: float, above: bool = False) -> Any:
         return value
 
     return parse
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Exit status 0, 1 when some case failed (the others were measured and written), 2 when
+    nothing could start."""
+    try:
+        from .experiments.bench import run_bench
+        from .rundir import RunError
+        from .training import graphs
+
+        got = run_bench(
+            quick=args.quick,
+            device=args.device,
+            out=args.out,
+            cuda_graphs=args.cuda_graphs,
+            threads=args.threads,
+        )
+    except (RunError, graphs.RecordError) as e:
+        print(f"ponder: error: {e}", file=sys.stderr)
+        return 2
+    return 1 if got.failed else 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (anything else is argparse's one-line error)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return int(text)
+
+
+def _add_bench(sub) -> argparse.ArgumentParser:
+    """Add the ``bench`` subcommand to an argparse subparsers object."""
+    p = sub.add_parser(
+        "bench",
+        help="training throughput against a naive PyTorch reference",
+        description="Time naive, single-run and ensemble training steps; write BENCHMARKS.md "
+        "(after every case). A case that fails is one line with its reason and the others run; "
+        "the exit status is then 1.",
+    )
+    p.add_argument("--quick", action="store_true", help="fewer steps; under 2 minutes on a CPU")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown to write")
+    p.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="on a CUDA GPU, time every step eagerly instead of replaying CUDA graphs",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        help="CPU threads for every case (default: each case's, chosen as ponder train does)",
+    )
+    p.set_defaults(func=_cmd_bench)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,15 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     executor_flags(p)
     p.set_defaults(func=_cmd_reproduce)
 
-    from .bench import add_parser as add_bench
-
-    add_bench(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .graphs import RecordError
     from .rundir import RunError
+    from .training.graphs import RecordError
 
     parser = build_parser()
     try:

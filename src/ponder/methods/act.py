@@ -22,7 +22,7 @@ the cap M the weights still sum to 1 (p^M = R); for an LSTM both h and c are ave
 Halting is per sample: a sample that has halted keeps its state and output while the others go
 on, and the loop for a token ends when every sample has halted. Each ponder step computes only
 the samples still running (gathered into a compact set), so the few samples that ponder long do
-not make the whole batch pay for every step. For an ensemble of K runs (``ponder.ensemble``)
+not make the whole batch pay for every step. For an ensemble of K runs (``training/ensemble.py``)
 the compact set is also over runs: a run none of whose samples still ponders drops out of the
 step (its weights are no longer gathered), so a step costs about what its members ponder, not
 K times its slowest member (runs drop out once at least half of those computed are done).

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .methods.common import GATES
+from ..methods.common import GATES
 
 # Multiply-adds of one cell step per thread: below two of these a second thread costs more in
 # waking and joining than it saves (parity's RNN of 128 at batch 128: 3.2M, one thread;

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from . import metrics
-from .methods import method
+from .. import metrics
+from ..methods import method
 from .results import ConfigRow, RunResult
 
 

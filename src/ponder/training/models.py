@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .methods import method
-from .methods.common import GATES
+from ..methods import method
+from ..methods.common import GATES
 
 
 @dataclass(frozen=True)

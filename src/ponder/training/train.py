@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from . import metrics, rundir, tasks
-from .config import RunConfig, ensemble_member_fields
+from .. import metrics, rundir, tasks
+from ..config import RunConfig, ensemble_member_fields
+from ..rundir import RunError
 from .engine import (
     WINDOW,
     Engine,
@@ -39,7 +40,6 @@ from .engine import (
     uses_graphs,
 )
 from .models import TaskNet
-from .rundir import RunError
 
 __all__ = ["RunError", "load_model", "run", "run_group"]
 

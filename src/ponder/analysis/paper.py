@@ -27,8 +27,8 @@ from importlib import resources
 
 import numpy as np
 
-from .config import HALTING_BIAS, TASK_DEFAULTS, RunConfig
-from .methods import method
+from ..config import HALTING_BIAS, TASK_DEFAULTS, RunConfig
+from ..methods import method
 
 # The problems the papers trained on (SPEC.md); the task classes' defaults are the same values.
 PAPER_TASK_OPTIONS: dict[str, dict[str, int]] = {

@@ -23,37 +23,36 @@ median over the rounds, a ratio the median of each round's ratio to the naive re
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import datetime as dt
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import graphs
-from . import threads as choose_threads
-from .config import RunConfig, resolve
-from .engine import (
-    Single,
-    build,
-    derive_seed,
-    init_network,
+from ..config import RunConfig, resolve
+from ..training import threads as choose_threads
+from ..training.engine import (
     matmul_precision,
     resolve_device,
 )
-from .ensemble import Stacked
-from .methods import method
-from .methods.naive import copy_weights, naive_model
-from .rundir import RunError
+from .timing import (
+    FULL,
+    QUICK,
+    Timing,
+    ensemble_step,
+    failure,
+    measure,
+    measure_against,
+    naive_step,
+    single_step,
+)
 
 ADDITION_CONFIGS, ADDITION_SEEDS, ADDITION_STEPS = 9, 5, 2_000_000
 NEIGHBOUR_LIMIT = 1.3  # a single run beside one busy loop: at most this much slower
@@ -77,6 +76,10 @@ class Case:
     fields: dict = field(default_factory=dict)
     ks: tuple[int, ...] = (1, 16, 64)
     quick_ks: tuple[int, ...] = (1, 16, 64)
+
+    @property
+    def task(self) -> str:
+        return self.fields.get("task", "parity")
 
     def config(self, device: str, cuda_graphs: bool = True) -> RunConfig:
         fields = {"device": device, "progress": False, "init": "tf", "cuda_graphs": cuda_graphs}
@@ -120,94 +123,6 @@ NEIGHBOURS = [
 ]
 
 
-@dataclass(frozen=True)
-class Timing:
-    """Warm-up steps, timed repeats and the seconds one repeat aims to take."""
-
-    warmup: int = 3
-    repeats: int = 3
-    seconds: float = 2.0
-    max_steps: int = 200
-
-
-FULL = Timing(warmup=3, repeats=3, seconds=2.0, max_steps=500)
-QUICK = Timing(warmup=2, repeats=3, seconds=0.25, max_steps=50)
-
-
-# --------------------------------------------------------------------------------------------
-# The naive reference
-
-
-# --------------------------------------------------------------------------------------------
-# The three training steps
-
-
-def _init_net(config: RunConfig, spec, seed: int):
-    return init_network(dataclasses.replace(config, seed=seed), spec, None)
-
-
-def _holding(
-    step: Callable[[], None], weight: torch.Tensor, bias: torch.Tensor, values: list[float]
-) -> Callable[[], None]:
-    """``step`` with the halting unit(s) set to h = sigmoid(bias) whatever y before each call
-    (weights zero, biases ``values``, one per member): a ponder profile (``PROFILES``) then
-    holds however long it is timed, instead of drifting as Adam trains the halting unit."""
-    target = torch.tensor(values, dtype=bias.dtype, device=bias.device).view(bias.shape)
-
-    def held() -> None:
-        with torch.no_grad():
-            weight.zero_()
-            bias.copy_(target)
-        step()
-
-    return held
-
-
-def naive_step(
-    config: RunConfig, device: torch.device, halting_bias: float | None = None
-) -> Callable[[], None]:
-    """A training step of the method's naive reference (``methods.naive``), one run."""
-    task, spec = build(config)
-    reference = method(config.model).naive
-    if reference is None:
-        raise ValueError(f"the method {config.model!r} has no naive reference")
-    model = naive_model(config, task, reference)
-    model = copy_weights(model, _init_net(config, spec, 0)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    gen = torch.Generator().manual_seed(derive_seed(0, "data"))  # data on the host
-
-    def step() -> None:
-        x, y = task.sample(config.batch_size, gen)
-        x, y = x.to(device), y.to(device)
-        logits, extra = model(x)
-        loss = reference.loss(task, logits, extra, y, config)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    if halting_bias is None:
-        return step
-    return _holding(step, model.halt.weight, model.halt.bias, [halting_bias])
-
-
-def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
-    """The training loop's step for one run (``engine.Single``; CUDA graphs on a GPU)."""
-    return Single(dataclasses.replace(config, seed=0), None, device).stepper
-
-
-def ensemble_step(
-    config: RunConfig, device: torch.device, k: int, halting_biases: tuple[float, ...] = ()
-) -> Callable[[], None]:
-    """The training loop's step for K runs, seeds 0..K-1 (``ensemble.Stacked``); member i's
-    halting unit set by ``halting_biases[i]`` when given (see ``PROFILES``)."""
-    configs = [dataclasses.replace(config, seed=seed) for seed in range(k)]
-    eng = Stacked(configs, [None] * k, device)
-    if not halting_biases:
-        return eng.stepper
-    weight, bias = eng.ens.p("core.halting.weight"), eng.ens.p("core.halting.bias")
-    return _holding(eng.stepper, weight, bias, list(halting_biases))
-
-
 def profile_rows(
     device: torch.device, timing: Timing, case: Case = PROFILE_CASE, cuda_graphs: bool = True
 ) -> list[list[str]]:
@@ -232,62 +147,6 @@ def profile_rows(
     return rows
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def warm_up(step: Callable[[], None], device: torch.device, timing: Timing) -> int:
-    """Run ``step``'s warm-up steps; returns how many steps one timed repeat takes (about
-    ``timing.seconds`` worth, at most ``timing.max_steps``)."""
-    per_step = 0.0
-    # On a GPU the first steps are eager and the next one records the CUDA graphs.
-    warmup = timing.warmup + (graphs.WARMUP + 1 if device.type == "cuda" else 0)
-    for _ in range(warmup):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        per_step = time.perf_counter() - t0
-    return int(min(timing.max_steps, max(1, round(timing.seconds / max(per_step, 1e-6)))))
-
-
-def steps_per_second(step: Callable[[], None], device: torch.device, n: int) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    _sync(device)
-    return n / (time.perf_counter() - t0)
-
-
-def measure(step: Callable[[], None], device: torch.device, timing: Timing) -> float:
-    """Median steps/s over ``timing.repeats`` timed repeats, after warm-up steps."""
-    n = warm_up(step, device, timing)
-    return statistics.median(steps_per_second(step, device, n) for _ in range(timing.repeats))
-
-
-def measure_against(
-    steps: dict[str, Callable[[], None]], reference: str, device: torch.device, timing: Timing
-) -> dict[str, tuple[float, float]]:
-    """Each step's median steps/s and its median ratio to ``reference``, timed in rounds that
-    take every step in turn, so that a machine whose speed drifts (a shared VM) moves the
-    reference and the others alike and the ratios stay fair."""
-    counts = {name: warm_up(step, device, timing) for name, step in steps.items()}
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(timing.repeats):
-        for name, step in steps.items():
-            rates[name].append(steps_per_second(step, device, counts[name]))
-    ref = rates[reference]
-    return {
-        name: (
-            statistics.median(r),
-            statistics.median(a / b for a, b in zip(r, ref, strict=True)),
-        )
-        for name, r in rates.items()
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # Running and reporting
 
@@ -307,16 +166,6 @@ def _machine(device: torch.device) -> str:
         f"{cpu} ({platform.machine()}), {os.cpu_count()} CPUs ({choose_threads.usable_cpus()} "
         f"usable), torch {torch.__version__}, device: {device.type} ({name})"
     )
-
-
-def _task_of(case: Case) -> str:
-    return case.fields.get("task", "parity")
-
-
-def failure(e: BaseException) -> str:
-    """One line for a case that failed: the error's type and the first line of its message."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -352,7 +201,7 @@ def neighbour_rows(
         (quiet, q_how), (busy, b_how) = got
         slowdown = quiet / busy
         within = "yes" if slowdown <= NEIGHBOUR_LIMIT else "**no**"
-        name = f"{_task_of(case)} {case.label}"
+        name = f"{case.task} {case.label}"
         cells = [name, f"{_rate(quiet)} ({q_how})", f"{_rate(busy)} ({b_how})"]
         cells += [f"{slowdown:.2f}x", within]
         print(f"{name:<24} beside a busy loop: {slowdown:.2f}x slower "
@@ -407,7 +256,7 @@ def run_bench(
     kept_threads = torch.get_num_threads()
     try:
         for case in cases:
-            name = f"{_task_of(case)} {case.label}"
+            name = f"{case.task} {case.label}"
             try:
                 case_row(report, case, timing)
             except Exception as e:  # noqa: BLE001 - any failure is this case's, the rest run
@@ -496,7 +345,7 @@ class Report:
         if case is not None:
             cell = "failed: " + reason.replace("|", "/")
             row = [case.label, cell, *[""] * (1 + len(self.ks))]
-            self.rows.setdefault(_task_of(case), []).append(row)
+            self.rows.setdefault(case.task, []).append(row)
 
     def write(self, out: Path) -> str:
         text = _markdown(self)
@@ -590,9 +439,10 @@ def _markdown(r: Report) -> str:
         "",
         "Every path trains the same network from the same TensorFlow-style initial weights with "
         "Adam on fresh random batches. *naive* is a straightforward plain-PyTorch "
-        "implementation (in `ponder/bench.py`): ACT as a Python loop over ponder steps with "
-        "per-sample masks and an `.any()` check per step, Repeat-RNN as `nn.RNN`/`nn.LSTM` over "
-        "the `repeat_interleave`-d sequence, PonderNet as a loop over its N steps with p from a "
+        "implementation (in `ponder/methods/naive.py`): ACT as a Python loop over ponder steps "
+        "with per-sample masks and an `.any()` check per step, Repeat-RNN as `nn.RNN`/`nn.LSTM` "
+        "over the `repeat_interleave`-d sequence, PonderNet as a loop over its N steps with p from "
+        "a "
         "cumulative product, data made on the host. *single* is the training "
         "step of `ponder train`. *K=...* is the batched ensemble that trains K runs (seeds) as "
         "one model, reported in run-steps/s: K times its steps/s, i.e. how fast a sweep of "
@@ -610,58 +460,3 @@ def _markdown(r: Report) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    """Exit status 0, 1 when some case failed (the others were measured and written), 2 when
-    nothing could start."""
-    try:
-        got = run_bench(
-            quick=args.quick,
-            device=args.device,
-            out=args.out,
-            cuda_graphs=args.cuda_graphs,
-            threads=args.threads,
-        )
-    except (RunError, graphs.RecordError) as e:
-        print(f"ponder: error: {e}", file=sys.stderr)
-        return 2
-    return 1 if got.failed else 0
-
-
-def _positive(text: str) -> int:
-    """An argparse type: an integer >= 1 (anything else is argparse's one-line error)."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return int(text)
-
-
-def add_parser(sub) -> argparse.ArgumentParser:
-    """Add the ``bench`` subcommand to an argparse subparsers object."""
-    p = sub.add_parser(
-        "bench",
-        help="training throughput against a naive PyTorch reference",
-        description="Time naive, single-run and ensemble training steps; write BENCHMARKS.md "
-        "(after every case). A case that fails is one line with its reason and the others run; "
-        "the exit status is then 1.",
-    )
-    p.add_argument("--quick", action="store_true", help="fewer steps; under 2 minutes on a CPU")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="markdown to write")
-    p.add_argument(
-        "--no-cuda-graphs",
-        dest="cuda_graphs",
-        action="store_false",
-        help="on a CUDA GPU, time every step eagerly instead of replaying CUDA graphs",
-    )
-    p.add_argument(
-        "--threads",
-        type=_positive,
-        help="CPU threads for every case (default: each case's, chosen as ponder train does)",
-    )
-    p.set_defaults(func=_cmd_bench)
-    return p

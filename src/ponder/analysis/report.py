@@ -24,18 +24,13 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from . import matched, rundir
-from .config import TASK_DEFAULTS
+from .. import rundir
+from ..config import TASK_DEFAULTS
+from ..methods import METHODS
+from . import matched
 from .figures import build_figures
-from .methods import METHODS
 from .paper import DIFFERS, PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES, PAPER_TASK_OPTIONS
-from .results import (
-    STATUSES,
-    ConfigRow,
-    RunResult,
-    aggregate,
-    load_runs,
-)
+from .results import STATUSES, ConfigRow, RunResult, aggregate, load_runs
 
 REPORT_MD = "report.md"
 REPORT_CSV = "report.csv"

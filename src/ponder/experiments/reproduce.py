@@ -15,12 +15,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bench
+from ..analysis.paper import PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES
+from ..config import ConfigError, RunConfig, from_dict, resolve, run_name
+from ..methods import method
+from ..training.engine import resolve_device
 from . import sweep as sweeps
-from .config import ConfigError, RunConfig, from_dict, resolve, run_name
-from .engine import resolve_device
-from .methods import method
-from .paper import PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES
+from . import timing
 
 FULL_GRIDS = {
     "parity": ["parity-table", "parity-tau", "parity-rho"],
@@ -295,8 +295,8 @@ def measure_steps_per_second(config: RunConfig, steps: int = 5) -> float:
     """Training steps per second of ``config`` on its device: ``train.run``'s step (CUDA graphs
     on a GPU), timed after warm-up."""
     device = resolve_device(config.device)
-    timing = bench.Timing(warmup=1, repeats=1, seconds=1e9, max_steps=steps)
-    return bench.measure(bench.single_step(config, device), device, timing)
+    budget = timing.Timing(warmup=1, repeats=1, seconds=1e9, max_steps=steps)
+    return timing.measure(timing.single_step(config, device), device, budget)
 
 
 def estimate_hours(grid: sweeps.Grid, jobs: int) -> float:
@@ -337,7 +337,7 @@ def reproduce(
     resumable setting: the runs keep their directories). ``elements``: the size of the
     extrapolation study's parity (``extrapolation_grid``).
     """
-    from .report import build_report
+    from ..analysis.report import build_report
 
     known = experiments()
     if what not in (*known, "all"):

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import RunConfig
+from ..methods import method
 from . import engine
-from .config import RunConfig
-from .methods import method
 from .models import ModelSpec, TaskNet
 
 

@@ -5,8 +5,7 @@
 built on ``RunConfig.identity``) and gives each a ``ConfigRow``: seeds solved (k/n with its 95%
 Wilson interval), the median and quartiles of steps to solve over all seeds, the median of the
 last logged "average repetitions", whether the numbers are provisional and, beside them, the
-paper's row (``paper_values``). ``probe_ponder`` loads a trained network and measures its ponder
-on fresh inputs.
+paper's row (``paper_values``).
 
 Steps to solve are recomputed from metrics.csv with each run's own criterion (``metrics.py``), so
 unfinished runs count with what they have logged so far. Over seeds they are censored data
@@ -28,14 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from . import metrics, rundir, tasks, train
-from .config import RunConfig, ponder_fields
-from .engine import halting_uniforms
-from .methods import METHODS, method, rank
+from .. import metrics, rundir, tasks
+from ..config import RunConfig, ponder_fields
+from ..methods import METHODS, method, rank
+from ..rundir import RunError
 from .paper import figure_steps, mean_floor, paper_values
-from .rundir import RunError
 
 STATUSES = ("finished", "diverged", "failed", "unfinished")
 # A run directory's status (``rundir.status``) as the report names it.
@@ -47,7 +44,6 @@ REPORT_STATUS = {
     "partial": "unfinished",
     "new": "unfinished",
 }
-CHUNK = 250  # sequences per forward pass when probing trained networks
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,55 +390,3 @@ def aggregate(runs: list[RunResult]) -> list[ConfigRow]:
         row.counts = {s: sum(r.status == s for r in members) for s in STATUSES}
         rows.append(row)
     return sorted(rows, key=_order)
-
-
-# --------------------------------------------------------------------------------------------
-# Trained networks
-
-
-@torch.no_grad()
-def probe_ponder(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A trained network's repetitions (ACT: N(t) - 1 + R(t), PonderNet: the sampled halting
-    step) and the input difficulty, both ``[S, T]``,
-    on ``samples`` fresh sequences drawn from a CPU generator seeded with ``seed`` (the same
-    sequences for every network of the same task options). Runs on the CPU in chunks; a missing
-    or broken checkpoint is a ``RunError``."""
-    net, task, config = train.load_model(run_dir, "cpu")
-    gen = torch.Generator().manual_seed(seed)
-    halt_gen = torch.Generator().manual_seed(seed + 1)  # PonderNet's halting draws, apart
-    repetitions, difficulties = [], []
-    for start in range(0, samples, CHUNK):
-        x, _ = task.sample(min(CHUNK, samples - start), gen)  # [B, T, input_size]
-        u = halting_uniforms(config, x.shape[:2], halt_gen)
-        _, info = net(x) if u is None else net(x, uniforms=u)
-        repetitions.append(info["repetitions"].float().numpy())  # [B, T]
-        difficulties.append(task.difficulty(x).numpy())  # [B, T]
-    return np.concatenate(repetitions), np.concatenate(difficulties)
-
-
-@torch.no_grad()
-def probe_by_k(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, ...]:
-    """A trained parity network's accuracy and steps per token at every number of non-zero
-    elements k from 1 to ``bits`` (inside and beyond its training range; with first positions
-    only up to ``max_nonzero``), on ``samples`` fresh
-    sequences per k drawn at the run's positions from a CPU generator seeded with ``seed``:
-    ``(ks [K], accuracy [K], steps [K])``. The steps are what inference computed (rho, N(t),
-    the sampled halting step)."""
-    net, task, config = train.load_model(run_dir, "cpu")
-    if config.task != "parity":
-        raise RunError(f"{run_dir}: probing by the number of non-zero elements is for parity")
-    bits, positions = task.bits, task.positions
-    gen = torch.Generator().manual_seed(seed)
-    halt_gen = torch.Generator().manual_seed(seed + 1)  # PonderNet's halting draws, apart
-    # With first positions, a k beyond max_nonzero sets inputs training never set (config
-    # refuses such a held-out set): those k are not probed.
-    ks = np.arange(1, (bits if positions == "random" else task.max_nonzero) + 1)
-    acc, steps = [], []
-    for k in ks.tolist():
-        at_k = tasks.make("parity", bits=bits, min_nonzero=k, max_nonzero=k, positions=positions)
-        x, y = at_k.sample(samples, gen)
-        u = halting_uniforms(config, x.shape[:2], halt_gen)
-        logits, info = net(x) if u is None else net(x, uniforms=u)
-        acc.append(float(task.accuracy(logits, y)))
-        steps.append(float(info["ponder_steps"].float().mean()))
-    return ks, np.array(acc), np.array(steps)

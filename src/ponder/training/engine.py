@@ -21,12 +21,12 @@ from typing import Any, Protocol
 
 import torch
 
-from . import tasks
-from .config import RunConfig
+from .. import tasks
+from ..config import RunConfig
+from ..methods import MethodSpec, method
+from ..rundir import RunError
 from .graphs import Stepper
-from .methods import MethodSpec, method
 from .models import ModelSpec, TaskNet, build_model
-from .rundir import RunError
 
 # Window sums accumulated on the device between logs (no host sync inside a step), per run.
 WINDOW = ("loss", "ponder_cost", "ponder_steps", "repetitions", "nonfinite")
@@ -66,7 +66,7 @@ def matmul_precision(tf32: bool) -> Iterator[None]:
 
 
 def uses_graphs(config: RunConfig, device: torch.device) -> bool:
-    """Whether training steps replay CUDA graphs (``ponder.graphs``): on a CUDA device unless
+    """Whether training steps replay CUDA graphs (``training/graphs.py``): on a CUDA device unless
     the config turns them off."""
     return config.cuda_graphs and device.type == "cuda"
 
@@ -230,7 +230,7 @@ def forward_backward(
     or ``[K]`` for an ensemble), the per-sequence task loss, the logits (detached) and the
     model's info.
 
-    ``unroll`` is ACT's fixed unroll (``ponder.act``); ``uniforms`` draw PonderNet's halting
+    ``unroll`` is ACT's fixed unroll (``methods/act.py``); ``uniforms`` draw PonderNet's halting
     steps (``halting_uniforms``). No number leaves the device here.
     """
     extra = {} if uniforms is None else {"uniforms": uniforms}
@@ -278,7 +278,7 @@ def make_stepper(
     graphs: bool = False,
     draw: Callable[[], torch.Tensor | None] = lambda: None,
 ) -> Stepper:
-    """The training step of an engine: eager, or replayed from CUDA graphs (``ponder.graphs``).
+    """The training step of an engine: eager, or replayed from CUDA graphs (``training/graphs.py``).
     ``draw()`` gives PonderNet's halting uniforms, drawn after the batch (None otherwise)."""
     spec = method(config.model)
     return Stepper(

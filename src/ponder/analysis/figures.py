@@ -23,7 +23,7 @@ over seeds"): a seed that stopped because it was solved keeps its last value to 
 axis (``seed_curves``), so the median after it stopped is still over all seeds, not over the
 unsolved ones left. Unfinished, failed and diverged seeds are not carried: nothing says how they
 would have gone on, so they end where they stopped. The last two figures probe trained
-checkpoints on fresh inputs (``results.probe_ponder``).
+checkpoints on fresh inputs (``probe_ponder``, below).
 """
 
 from __future__ import annotations
@@ -32,11 +32,15 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import torch
 
-from . import matched, metrics, paper, rundir, tasks
-from .methods import METHODS, MethodSpec, method, rank
-from .results import ConfigRow, RunResult, probe_by_k, probe_ponder, quartiles
-from .rundir import RunError
+from .. import metrics, rundir, tasks
+from ..methods import METHODS, MethodSpec, method, rank
+from ..rundir import RunError
+from ..training import train
+from ..training.engine import halting_uniforms
+from . import matched, paper
+from .results import ConfigRow, RunResult, quartiles
 
 matplotlib.use("Agg")  # headless: reports are built on servers and in CI, before pyplot loads
 import matplotlib.pyplot as plt  # noqa: E402
@@ -544,3 +548,57 @@ def build_figures(
         "percentile)",
     )
     return figures, notes
+
+
+# --------------------------------------------------------------------------------------------
+# Trained networks
+
+CHUNK = 250  # sequences per forward pass when probing trained networks
+
+
+@torch.no_grad()
+def probe_ponder(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A trained network's repetitions (ACT: N(t) - 1 + R(t), PonderNet: the sampled halting
+    step) and the input difficulty, both ``[S, T]``,
+    on ``samples`` fresh sequences drawn from a CPU generator seeded with ``seed`` (the same
+    sequences for every network of the same task options). Runs on the CPU in chunks; a missing
+    or broken checkpoint is a ``RunError``."""
+    net, task, config = train.load_model(run_dir, "cpu")
+    gen = torch.Generator().manual_seed(seed)
+    halt_gen = torch.Generator().manual_seed(seed + 1)  # PonderNet's halting draws, apart
+    repetitions, difficulties = [], []
+    for start in range(0, samples, CHUNK):
+        x, _ = task.sample(min(CHUNK, samples - start), gen)  # [B, T, input_size]
+        u = halting_uniforms(config, x.shape[:2], halt_gen)
+        _, info = net(x) if u is None else net(x, uniforms=u)
+        repetitions.append(info["repetitions"].float().numpy())  # [B, T]
+        difficulties.append(task.difficulty(x).numpy())  # [B, T]
+    return np.concatenate(repetitions), np.concatenate(difficulties)
+
+
+@torch.no_grad()
+def probe_by_k(run_dir: Path, samples: int, seed: int) -> tuple[np.ndarray, ...]:
+    """A trained parity network's accuracy and steps per token at every number of non-zero
+    elements k from 1 to ``bits`` (inside and beyond its training range; with first positions
+    only up to ``max_nonzero``), on ``samples`` fresh
+    sequences per k drawn at the run's positions from a CPU generator seeded with ``seed``:
+    ``(ks [K], accuracy [K], steps [K])``. The steps are what inference computed (rho, N(t),
+    the sampled halting step)."""
+    net, task, config = train.load_model(run_dir, "cpu")
+    if config.task != "parity":
+        raise RunError(f"{run_dir}: probing by the number of non-zero elements is for parity")
+    bits, positions = task.bits, task.positions
+    gen = torch.Generator().manual_seed(seed)
+    halt_gen = torch.Generator().manual_seed(seed + 1)  # PonderNet's halting draws, apart
+    # With first positions, a k beyond max_nonzero sets inputs training never set (config
+    # refuses such a held-out set): those k are not probed.
+    ks = np.arange(1, (bits if positions == "random" else task.max_nonzero) + 1)
+    acc, steps = [], []
+    for k in ks.tolist():
+        at_k = tasks.make("parity", bits=bits, min_nonzero=k, max_nonzero=k, positions=positions)
+        x, y = at_k.sample(samples, gen)
+        u = halting_uniforms(config, x.shape[:2], halt_gen)
+        logits, info = net(x) if u is None else net(x, uniforms=u)
+        acc.append(float(task.accuracy(logits, y)))
+        steps.append(float(info["ponder_steps"].float().mean()))
+    return ks, np.array(acc), np.array(steps)

@@ -1,4 +1,5 @@
-"""``python -m ponder.gpucheck``: what only a GPU can show, in one command of about 6 minutes.
+"""``python -m ponder.experiments.gpucheck``: what only a GPU can show, in one command of about 6
+minutes.
 
 A GPU is at hand rarely and briefly (15 minutes, machine start included, at most 10 minutes a
 command), so one run must bring back every number needed, and a stage that fails or hangs must
@@ -52,10 +53,12 @@ from typing import Any
 
 import torch
 
-from . import bench, engine, graphs, rundir, train
-from . import threads as choose_threads
-from .config import RunConfig, resolve
-from .methods import method
+from .. import rundir
+from ..config import RunConfig, resolve
+from ..methods import method
+from ..training import engine, graphs, train
+from ..training import threads as choose_threads
+from . import bench, timing
 
 TIMED_OUT = 124  # the exit status `timeout` gives a command it killed
 MARGIN_S = 8.0  # a stage stops measuring this long before its limit (its start-up counts)
@@ -225,7 +228,7 @@ def make_engine(config: RunConfig, k: int, device: torch.device):
     """One run's engine (``k`` = 1) or an ensemble of ``k`` (seeds 0..k-1)."""
     if k == 1:
         return engine.Single(config, None, device)
-    from .ensemble import Stacked
+    from ..training.ensemble import Stacked
 
     return Stacked([dataclasses.replace(config, seed=s) for s in range(k)], [None] * k, device)
 
@@ -269,7 +272,7 @@ def _try(part: Part, row: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> N
     try:
         got = fn()
     except Exception as e:  # noqa: BLE001 - a failed measurement is a row, the rest go on
-        got = {"error": bench.failure(e)}
+        got = {"error": timing.failure(e)}
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     part.add({**row, **got})
@@ -339,7 +342,7 @@ def stage_graphs(part: Part, device: torch.device, sizes: Sizes) -> None:
                         raise TimeoutError("stage time")
                     m = measure(config, k, device, sizes.seconds)
                 except Exception as e:  # noqa: BLE001
-                    got[f"{name}_error"] = bench.failure(e)
+                    got[f"{name}_error"] = timing.failure(e)
                     continue
                 got.update({f"{name}_{key}": v for key, v in m.items()})
             if "graphed_ms_per_step" in got and "eager_ms_per_step" in got:
@@ -378,7 +381,7 @@ def _overflow(k: int, device: torch.device, sizes: Sizes) -> dict[str, Any]:
         halting = eng.net.core.halting if k == 1 else None
         weight = halting.weight if halting else eng.ens.p("core.halting.weight")
         bias = halting.bias if halting else eng.ens.p("core.halting.bias")
-        held = bench._holding(stepper, weight, bias, [math.log(h / (1 - h))] * k)
+        held = timing.holding(stepper, weight, bias, [math.log(h / (1 - h))] * k)
         overflows = stepper.overflows
         overflow_s = timed(held, device)
         rerecord_s = timed(held, device)
@@ -505,7 +508,7 @@ def command(stage: Stage, args: argparse.Namespace, part: Path) -> list[str]:
         out = Path(args.out) / f"BENCHMARKS-{args.device}.md"
         return [py, "-m", "ponder.cli", "bench", "--quick", "--device", args.device, "--out",
                 str(out)]  # fmt: skip
-    cmd = [py, "-m", "ponder.gpucheck", "--stage", stage.name, "--part", str(part)]
+    cmd = [py, "-m", "ponder.experiments.gpucheck", "--stage", stage.name, "--part", str(part)]
     cmd += ["--device", args.device, "--limit", str(stage.limit)]
     return cmd + (["--reduced"] if args.reduced else [])
 
@@ -661,7 +664,7 @@ def _cell(v: Any) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m ponder.gpucheck",
+        prog="python -m ponder.experiments.gpucheck",
         description="What only a GPU can show, in about 6 minutes; see the module docstring.",
     )
     p.add_argument("--out", default="gpu-check", help="folder for the few files it writes")

@@ -2,7 +2,7 @@
 
 ``RayExecutor`` implements the sweep's ``Executor`` protocol. Each job becomes one Ray task that
 asks for ``cpus_per_job`` CPUs and ``gpus_per_job`` GPUs (a fraction lets several small jobs
-share one GPU) and calls ``ponder.sweep.execute_job`` in a Ray worker process. Configs travel as
+share one GPU) and calls ``executors.execute_job`` in a Ray worker process. Configs travel as
 plain dicts and run directories as strings, so every node must have ponder installed and see the
 sweep directory at the same path (a shared filesystem).
 
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import rundir
-from .config import ConfigError, RunConfig
-from .rundir import atomic_write
+from .. import rundir
+from ..config import ConfigError, RunConfig
+from ..rundir import atomic_write
 from .sweep import run_status
 
 PID_FILE = rundir.WORKER_PID
@@ -215,7 +215,7 @@ def _train_job(items: list[dict[str, Any]], threads: int, uses_gpu: bool) -> Non
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     import torch
 
-    from .config import from_dict
+    from ..config import from_dict
     from .sweep import execute_job
 
     torch.set_num_threads(threads)

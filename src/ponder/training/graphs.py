@@ -14,7 +14,7 @@ autograd's buffers for these shapes) is set up before recording. The graphs are 
 step after.
 
 ACT needs the host to see when every sample has halted, which a graph cannot. Its step is two
-graphs: the batch and the gradients with a fixed unroll U (``ponder.act``), then the update. In
+graphs: the batch and the gradients with a fixed unroll U (``methods/act.py``), then the update. In
 between the host reads one flag, ``overflow`` (one sync per step; eager ACT has one per ponder
 step). If some sample needed more than U steps, the gradients of the same batch are recomputed
 eagerly and exactly before the update runs, and U is raised to that sample's N plus a margin
