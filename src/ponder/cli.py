@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import ConfigError, RunConfig, from_dict, load_yaml, resolve, run_name
 from .memory import keep_freed_memory
-from .methods import METHODS
+from .methods import METHODS, UnknownMethod, load_plugins
 
 DESCRIPTION = (
     "Adaptive Computation Time and Repeat-RNN experiments: train one run, sweep a grid of runs, "
@@ -417,6 +417,11 @@ def main(argv: list[str] | None = None) -> int:
     from .rundir import RunError
     from .training.graphs import RecordError
 
+    try:  # methods of the user's own, before the parser lists the known ones
+        load_plugins()
+    except UnknownMethod as e:
+        print(f"ponder: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -429,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         return args.func(args)
-    except (ConfigError, RunError, RecordError) as e:
+    except (ConfigError, RunError, RecordError, UnknownMethod) as e:
         print(f"ponder: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:  # the machine refused: a full disk, a permission, a read-only mount

@@ -32,6 +32,7 @@ from ..config import (
     from_dict,
 )
 from ..memory import keep_freed_memory
+from ..methods import load_plugins
 from ..rundir import atomic_write
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +252,7 @@ def _job_main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, terminated)
     _die_with_parent()
+    load_plugins()  # the sweep's own methods ($PONDER_METHODS, inherited)
     execute_job(read_job(Path(argv[0])))
     return 0
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from .. import rundir
 from ..config import ConfigError, RunConfig
+from ..methods import PLUGINS_ENV
 from ..rundir import atomic_write
 from .sweep import run_status
 
@@ -136,8 +137,10 @@ class RayExecutor:
                 max_retries=self.max_retries,
                 retry_exceptions=False,  # a run's own errors are recorded, not retried
             )(_train_job)
+            plugins = os.environ.get(PLUGINS_ENV, "")  # the workers import them too
             pending = {
-                task.remote(_plain(job), self.threads, self.gpus_per_job > 0): job for job in jobs
+                task.remote(_plain(job), self.threads, self.gpus_per_job > 0, plugins): job
+                for job in jobs
             }
             try:
                 while pending:
@@ -208,16 +211,21 @@ def _record_failure(job: Job, reason: str) -> None:
             rundir.write_error(run_dir, reason)
 
 
-def _train_job(items: list[dict[str, Any]], threads: int, uses_gpu: bool) -> None:
-    """The body of one Ray task: train a job's runs in this worker process."""
+def _train_job(
+    items: list[dict[str, Any]], threads: int, uses_gpu: bool, plugins: str = ""
+) -> None:
+    """The body of one Ray task: train a job's runs in this worker process, with the methods
+    the sweep's process loaded (``plugins``: modules importable on the worker's node)."""
     if not uses_gpu:  # before anything initializes CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     import torch
 
     from ..config import from_dict
+    from ..methods import load_plugins
     from .sweep import execute_job
 
+    load_plugins(plugins)
     torch.set_num_threads(threads)
     job = [(from_dict(i["config"]), Path(i["dir"])) for i in items]
     stamp = f"{os.getpid()} {socket.gethostname()}\n"

@@ -5,11 +5,15 @@ gives: a name the table does not have raises ``UnknownMethod`` there, never fall
 another method's code. The order of the table is the paper's order of rows in reports.
 
 Adding a method: write its file (equations, one-run module, ``build``, ``forward``,
-``stacked``, ``loss`` and a ``SPEC``, as act.py does) and ``register(SPEC)``; README.md,
-"Adding a method", gives the recipe.
+``stacked``, ``loss`` and a ``SPEC``, as act.py does) and ``register(SPEC)`` when it is imported;
+the ``ponder`` command and a sweep's workers import the modules named in ``$PONDER_METHODS``
+(``load_plugins``). README.md, "Adding a method", gives the recipe.
 """
 
 from __future__ import annotations
+
+import importlib
+import os
 
 from . import act, pondernet, repeat
 from .act import ACT
@@ -44,6 +48,28 @@ def unregister(name: str) -> None:
     METHODS.pop(name, None)
 
 
+# Modules that add methods to the table when imported, comma-separated: the ``ponder`` command
+# and every worker process a sweep starts (local or Ray) import them before they read a config.
+PLUGINS_ENV = "PONDER_METHODS"
+
+
+def load_plugins(names: str | None = None) -> list[str]:
+    """Import the modules that register methods of their own: ``names`` (comma-separated), by
+    default ``$PONDER_METHODS``. Returns the modules imported; one that cannot be imported is
+    ``UnknownMethod`` with the reason in one line."""
+    names = os.environ.get(PLUGINS_ENV, "") if names is None else names
+    loaded = []
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise UnknownMethod(f"{PLUGINS_ENV}: cannot import {name!r}: {e}") from None
+        loaded.append(name)
+    return loaded
+
+
 def rank(name: str) -> int:
     """The method's position in the table: the paper's order of rows (unknown names last)."""
     names = list(METHODS)
@@ -59,6 +85,7 @@ __all__ = [
     "Repeat",
     "UnknownMethod",
     "fmt_tau",
+    "load_plugins",
     "method",
     "rank",
     "register",
