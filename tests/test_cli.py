@@ -37,13 +37,16 @@ def _one_line_error(capsys, argv, match):
         (["--epsilon", "0"], "epsilon must be in (0, 1)"),
         (["--epsilon", "1.5"], "epsilon must be in (0, 1)"),
         (["--bits", "0"], "bits"),
+        (["--task", "addition", "--digits", "0"], "digits must be an integer in 1..17, got 0"),
+        (["--task", "addition", "--numbers", "1"], "numbers must be an integer in 2..10, got 1"),
+        (["--task", "addition", "--hidden", "0"], "hidden must be >= 1"),
         (["--config", "/nonexistent/run.yaml"], "config file not found"),
         (["--steps", "x"], "invalid int value"),
     ],
 )
 def test_bad_input_is_one_line(capsys, tmp_path, argv, match):
     _one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), *argv], match)
-    assert not (tmp_path / "r" / "metrics.csv").exists()
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_config_files(capsys, tmp_path):
@@ -168,7 +171,8 @@ def test_bad_executor_flags_are_one_line(
     tiny = sweep.load_grid(grid_file, seeds=1, budget=10, progress=False)
     # were a bad flag let through, it would train this tiny stand-in, not the paper's grid
     monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None, budget=None: tiny)
-    monkeypatch.setattr(reproduce, "estimate_hours", lambda grid, jobs: 0.0)
+    nothing = reproduce.Estimate(0.0, 1, 1, 1, "cpu", None)
+    monkeypatch.setattr(reproduce, "estimate", lambda *a: nothing)
     out = tmp_path / "out"
     target = [str(grid_file)] if command == "sweep" else ["parity"]
     code = main([command, *target, "--out", str(out), flag, value])

@@ -122,7 +122,9 @@ def tiny_full(tmp_path, monkeypatch, tiny_grid):
     asked = []
     monkeypatch.setattr(reproduce, "full_grid", lambda task, seeds=None, budget=None: grids[task])
     monkeypatch.setattr(
-        reproduce, "estimate_hours", lambda grid, jobs: asked.append(grid.name) or 0.5
+        reproduce,
+        "estimate",
+        lambda grid, *a: asked.append(grid.name) or reproduce.Estimate(0.5, 1, 1, 1, "cpu", 1.0),
     )
     monkeypatch.setattr(sweep, "LocalExecutor", lambda jobs=1: sweep.InlineExecutor())
     return grids, asked
@@ -168,13 +170,25 @@ def test_reproduce_budget_trains_the_papers_grids_for_fewer_steps(tmp_path, monk
         "task_options: {numbers: 2, digits: 1}", "task_options: {bits: 4}"))  # fmt: skip
     monkeypatch.setitem(reproduce.FULL_GRIDS, "parity", ["tiny-parity"])
     monkeypatch.setattr(sweep, "builtin_grid", lambda name: tmp_path / f"{name}.yaml")
-    monkeypatch.setattr(reproduce, "estimate_hours", lambda grid, jobs: 0.5)
     monkeypatch.setattr(sweep, "LocalExecutor", lambda jobs=1: sweep.InlineExecutor())
     out = tmp_path / "out"
-    assert main(["reproduce", "parity", "--budget", "30", "--out", str(out)]) == 0
+    assert main(["reproduce", "parity", "--budget", "30", "--out", str(out), "--jobs", "1"]) == 0
     configs = [rundir.read_config(p.parent) for p in out.glob("*/config.yaml")]
     assert configs and {c.steps for c in configs} == {30}
-    assert "with a budget of 30 steps" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "with a budget of 30 steps" in stdout
+    # the projected time and memory, measured here with the sweep's ensembles, before training
+    planned = sweep.plan_jobs(sweep.load_grid(tiny, budget=30).runs, tmp_path / "none", 16)
+    said = f"expect up to 0.0 hours on cpu with --jobs 1: {len(planned)} jobs (ensembles of up to"
+    assert said in stdout and "GiB of memory (measured here)" in stdout
+    assert stdout.index("expect up to") < stdout.index("sweep parity-full:")
     text = (out / "report.md").read_text()
     assert "**Reduced budget (`--budget 30`).** The budget is 30 training steps" in text
     assert "a budget of 30 training steps (paper: 2,000,000)" in text
+
+
+def test_makespan_starts_the_longest_jobs_first_on_the_first_free_worker():
+    assert reproduce.makespan([], 2) == 0.0
+    assert reproduce.makespan([2.0, 3.0, 2.0, 3.0, 2.0], 2) == 7.0  # 3+2+2 | 3+2
+    assert reproduce.makespan([5.0, 1.0, 1.0], 1) == 7.0
+    assert reproduce.makespan([5.0, 4.0, 3.0], 5) == 5.0

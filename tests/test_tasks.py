@@ -184,7 +184,7 @@ def test_parity_matches_decoder(seed: int, bits: int) -> None:
 
 
 @FEW
-@given(seed=SEEDS, numbers=st.integers(1, 10), digits=st.integers(1, 7))
+@given(seed=SEEDS, numbers=st.integers(2, 10), digits=st.integers(1, 7))
 def test_addition_matches_decoder(seed: int, numbers: int, digits: int) -> None:
     task = Addition(numbers=numbers, digits=digits)
     inputs, targets = task.sample(32, gen(seed))
@@ -496,6 +496,7 @@ def test_make_builds_each_task_with_options() -> None:
         ("parity", {"bits": 2.0}, "bits"),
         ("parity", {"bits": True}, "bits"),
         ("addition", {"numbers": 11}, "numbers"),
+        ("addition", {"numbers": 1}, "numbers must be an integer in 2..10"),
         ("addition", {"digits": 0}, "digits"),
         ("logic", {"gates": 0}, "gates"),
         ("logic", {"max_length": -1}, "max_length"),

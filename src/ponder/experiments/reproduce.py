@@ -15,6 +15,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from .. import rundir
 from ..analysis.paper import PAPER_BUDGET, PAPER_TABLE_TITLE, PAPER_TABLES
 from ..config import ConfigError, RunConfig, from_dict, resolve, run_name
 from ..methods import method
@@ -291,24 +294,84 @@ def budget_note(task: str, budget: int) -> str:
     )
 
 
-def measure_steps_per_second(config: RunConfig, steps: int = 5) -> float:
-    """Training steps per second of ``config`` on its device: ``train.run``'s step (CUDA graphs
-    on a GPU), timed after warm-up."""
+def measure_steps_per_second(config: RunConfig, k: int = 1, steps: int = 5) -> float:
+    """Training steps per second of ``config`` on its device as the sweep trains it: one run
+    (``train.run``'s step) or an ensemble of ``k`` (seeds 0..k-1; CUDA graphs on a GPU),
+    timed after warm-up. An ensemble step advances all ``k`` runs."""
     device = resolve_device(config.device)
     budget = timing.Timing(warmup=1, repeats=1, seconds=1e9, max_steps=steps)
-    return timing.measure(timing.single_step(config, device), device, budget)
+    step = timing.single_step(config, device) if k == 1 else timing.ensemble_step(config, device, k)
+    return timing.measure(step, device, budget)
 
 
-def estimate_hours(grid: sweeps.Grid, jobs: int) -> float:
-    """Worst-case hours (every run to its full budget) from a short timing of each config."""
-    seen: dict[str, float] = {}
-    total = 0.0
-    for r in grid.runs:
-        key = r.config.key(ignore=("seed",))
-        if key not in seen:
-            seen[key] = measure_steps_per_second(r.config)
-        total += r.config.steps / seen[key]
-    return total / 3600 / max(1, jobs)
+@dataclass(frozen=True)
+class Estimate:
+    """What a sweep will take here, measured before it starts: ``hours`` of wall time if every
+    run trains its whole budget (runs that stop once solved take less), the jobs as the sweep
+    will build them (``plan_jobs``: ensembles of up to ``batch`` runs) started ``workers`` at
+    a time, and ``peak_gib``, the most memory one job took while it was timed (GPU memory
+    allocated on a GPU, the process's peak resident memory on a CPU; None if unknown)."""
+
+    hours: float
+    jobs: int
+    largest: int  # runs in the largest ensemble
+    workers: int
+    device: str
+    peak_gib: float | None
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """The wall time of jobs started longest first on ``workers`` workers, each job on the
+    first worker free (the sweep starts them in that order)."""
+    free = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        i = free.index(min(free))
+        free[i] += d
+    return max(free)
+
+
+def estimate(
+    grid: sweeps.Grid, sweep_dir: Path, workers: int, batch: int, executor=None
+) -> Estimate:
+    """Time one step of every job shape the sweep will build (each configuration, at the size
+    of its ensembles) on the device it will train on, and add up what is left to train."""
+    on_gpu = getattr(executor, "on_gpu", sweeps.on_gpu_here)
+    jobs = sweeps.spread(sweeps.plan_jobs(grid.runs, sweep_dir, batch, on_gpu), workers)
+    device = resolve_device(grid.runs[0].config.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rates: dict[tuple[str, int], float] = {}
+    durations = []
+    for job in jobs:
+        config, k = job[0][0], len(job)
+        key = (config.key(ignore=("seed",)), k)
+        if key not in rates:
+            rates[key] = measure_steps_per_second(config, k)
+        durations.append(max(c.steps - _done_steps(d) for c, d in job) / rates[key])
+    return Estimate(
+        hours=makespan(durations, workers) / 3600,
+        jobs=len(jobs),
+        largest=max((len(j) for j in jobs), default=0),
+        workers=workers,
+        device=device.type,
+        peak_gib=_peak_gib(device) if jobs else None,
+    )
+
+
+def _done_steps(run_dir: Path) -> int:
+    """The steps a run has already logged (it resumes there)."""
+    return rundir.last_logged_step(run_dir) if run_dir.exists() else 0
 
 
 def reproduce(
@@ -370,8 +433,8 @@ def reproduce(
         plans.append((task, grid, out / task if what == "all" else out))
     for _, grid, sweep_dir in plans:  # refuse a clash before any training
         sweeps.check_grid(grid, sweep_dir)
-    for task, grid, _ in plans:
-        _announce(task, grid, quick, jobs)
+    for task, grid, sweep_dir in plans:
+        _announce(task, grid, quick, jobs, sweep_dir, batch, executor)
     code = 0
     for _, grid, sweep_dir in plans:
         code = max(code, sweeps.run_sweep(grid, sweep_dir, executor, batch=batch))
@@ -380,8 +443,17 @@ def reproduce(
     return code
 
 
-def _announce(task: str, grid: sweeps.Grid, quick: bool, jobs: int) -> None:
-    """What is about to run, and for the full protocol how long it may take here."""
+def _announce(
+    task: str,
+    grid: sweeps.Grid,
+    quick: bool,
+    jobs: int,
+    sweep_dir: Path,
+    batch: int,
+    executor: sweeps.Executor | None,
+) -> None:
+    """What is about to run, and for the full protocol how long and how much memory it may
+    take here (``estimate``: measured on this device, with the sweep's own ensembles)."""
     if quick:
         minutes = "2 to 4" if task == "parity" else "under 10"
         print(f"ponder reproduce {task} --quick: a reduced experiment, "
@@ -398,8 +470,11 @@ def _announce(task: str, grid: sweeps.Grid, quick: bool, jobs: int) -> None:
     gpu = "; a GPU is recommended" if task in FULL_GRIDS else ""
     print(f"ponder reproduce {task}: {what}, {len(grid.runs)} runs of up to {steps:,} steps"
           f"{gpu}. Measuring throughput...", flush=True)  # fmt: skip
-    hours = estimate_hours(grid, jobs)
+    e = estimate(grid, sweep_dir, jobs, batch, executor)
     stops = any(r.config.stop_when_solved for r in grid.runs)
-    print(f"expect up to {hours:,.1f} hours here with --jobs {jobs} (one run at a time per "
-          f"job{'; less: runs stop once solved' if stops else ''}); Ctrl-C and the same "
-          "command resumes", flush=True)  # fmt: skip
+    memory = "" if e.peak_gib is None else f", each taking up to about {e.peak_gib:,.1f} GiB"
+    where = "GPU memory" if e.device == "cuda" else "of memory (measured here)"
+    print(f"expect up to {e.hours:,.1f} hours on {e.device} with --jobs {jobs}: {e.jobs} jobs "
+          f"(ensembles of up to {e.largest} runs), {e.workers} at a time{memory}"
+          f"{' ' + where if memory else ''}{'; less: runs stop once solved' if stops else ''}. "
+          "Ctrl-C and the same command resumes", flush=True)  # fmt: skip

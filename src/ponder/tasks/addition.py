@@ -36,8 +36,9 @@ class Addition(CategoricalTask):
 
     def __init__(self, *, numbers: int = 5, digits: int = 5) -> None:
         # The target has digits + 1 places; the largest running sum, numbers * (10**digits - 1),
-        # only fits in them for at most 10 numbers. 17 digits keeps sums inside int64.
-        self.numbers = check_int("addition", "numbers", numbers, 1, 10)
+        # only fits in them for at most 10 numbers. 17 digits keeps sums inside int64. The
+        # first step has no target, so a running sum needs at least two numbers.
+        self.numbers = check_int("addition", "numbers", numbers, 2, 10)
         self.digits = check_int("addition", "digits", digits, 1, 17)
         self.target_digits = self.digits + 1
         self.input_size = 10 * self.digits
