@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib import resources
 from pathlib import Path
 
@@ -97,3 +98,33 @@ def test_a_reduced_problem_is_said_once_for_table_and_figure(tmp_path: Path) -> 
     assert read_csv(sweep)[0]["paper_figure_steps_to_solve"] == paper.REDUCED
     line = next(x for x in (sweep / "report.md").read_text().splitlines() if "Repeat rho=4" in x)
     assert line.endswith(f"| {paper.REDUCED} |  |  |  |")
+
+
+def test_an_addition_run_of_the_papers_size_gets_its_figures_curves() -> None:
+    """Table 2's protocol (5 numbers of 5 digits, LSTM 512): the report's figures draw Figures
+    7 and 8's curves beside ours; the reduced addition of ``--quick`` gets none."""
+    from ponder.analysis import figures
+    from ponder.analysis.results import ConfigRow
+
+    full = resolve(RunConfig(task="addition", model="repeat", rho=3, device="cpu"))
+    assert paper.figure_curve(full).figure == 8
+    act = resolve(RunConfig(task="addition", model="act", tau=0.01))
+    assert paper.figure_curve(act).figure == 7
+    assert paper.figure_steps(full).startswith("never in")  # rho = 3 never reaches 98% there
+    drawn: list[tuple[float, str]] = []
+
+    class Axis:
+        def plot(self, steps, values, **style):
+            drawn.append((steps[-1], style["ls"]))
+
+    class Run:
+        def __init__(self, config):
+            self.config = config
+
+    for config, expected in ((full, [(500_000, "--")]), (dataclasses.replace(
+            full, task_options={"numbers": 3, "digits": 2}), [])):  # fmt: skip
+        drawn.clear()
+        row = ConfigRow("addition", config.task_options, "repeat", "lstm", None, 3, "",
+                        runs=[Run(config)])  # fmt: skip
+        figures._plot_paper(Axis(), row, "accuracy", 500_000, "C0", set())
+        assert drawn == expected

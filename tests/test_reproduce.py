@@ -64,15 +64,40 @@ def test_parity_figures_trains_both_figure_grids_to_their_budget():
     assert "1 seeds" not in longer.note and "300,000" in longer.note
 
 
-def test_quick_only_for_parity_and_extrapolation(capsys, tmp_path):
-    for what in ("addition", "pondernet", "all"):
+def test_quick_addition_is_table_2s_grid_at_the_calibrated_size():
+    q = reproduce.QUICK_ADDITION
+    grid = reproduce.quick_addition_grid()
+    configs = [r.config for r in grid.runs]
+    assert len(configs) == 9 * q.seeds and {c.seed for c in configs} == set(range(q.seeds))
+    kinds = sorted((c.model, c.tau if c.model == "act" else c.rho) for c in configs[:: q.seeds])
+    acts = [("act", 0.001), ("act", 0.005), ("act", 0.01), ("act", 0.1)]
+    assert kinds == [*acts, ("repeat", 2), ("repeat", 3), ("repeat", 5), ("repeat", 8), ("rnn", 2)]
+    options = {"numbers": q.numbers, "digits": q.digits}
+    assert all(c.task == "addition" and c.task_options == options for c in configs)
+    assert {(c.hidden, c.cell, c.batch_size, c.max_ponder) for c in configs} == {
+        (q.hidden, "lstm", 32, 20)  # the paper's cell, batch and M; a smaller LSTM
+    }
+    assert {(c.steps, c.log_every, c.solve_window) for c in configs} == {
+        (q.steps, q.log_every, q.solve_window)
+    }
+    assert all(c.stop_when_solved for c in configs)
+    assert f"Addition of {q.numbers} numbers of up to {q.digits} digits" in grid.note
+    assert f"an LSTM of {q.hidden} cells instead of 512" in grid.note
+
+
+def test_quick_only_for_parity_extrapolation_and_addition(capsys, tmp_path):
+    for what in ("pondernet", "all"):
         assert main(["reproduce", what, "--quick", "--out", str(tmp_path)]) == 2
-        assert "--quick is for parity and extrapolation" in capsys.readouterr().err
+        assert "--quick is for parity, extrapolation and addition" in capsys.readouterr().err
     assert main(["reproduce", "parity", "--quick", "--seeds", "5", "--out", str(tmp_path)]) == 2
     assert "--quick runs 3 seeds" in capsys.readouterr().err
     assert main(["reproduce", "parity", "--quick", "--budget", "500", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--budget is for the full protocol" in err
+    argv = ["reproduce", "addition", "--quick", "--budget", "500", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    steps = f"{reproduce.QUICK_ADDITION.steps:,}"
+    assert f"--quick trains {steps} steps per run" in capsys.readouterr().err
     assert main(["reproduce", "parity", "--budget", "0", "--out", str(tmp_path)]) == 2
     assert "must be >= 1" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
