@@ -204,7 +204,7 @@ def test_reproduce_budget_trains_the_papers_grids_for_fewer_steps(tmp_path, monk
     assert "with a budget of 30 steps" in stdout
     # the projected time and memory, measured here with the sweep's ensembles, before training
     planned = sweep.plan_jobs(sweep.load_grid(tiny, budget=30).runs, tmp_path / "none", 16)
-    said = f"expect up to 0.0 hours on cpu with --jobs 1: {len(planned)} jobs (ensembles of up to"
+    said = f"expect up to 0.0 hours on cpu with --jobs 1: {len(planned)} jobs ("
     assert said in stdout and "GiB of memory (measured here)" in stdout
     assert stdout.index("expect up to") < stdout.index("sweep parity-full:")
     text = (out / "report.md").read_text()

@@ -531,7 +531,8 @@ def _announce(
     stops = any(r.config.stop_when_solved for r in grid.runs)
     memory = "" if e.peak_gib is None else f", each taking up to about {e.peak_gib:,.1f} GiB"
     where = "GPU memory" if e.device == "cuda" else "of memory (measured here)"
+    shape = "each run on its own" if e.largest == 1 else f"ensembles of up to {e.largest} runs"
     print(f"expect up to {e.hours:,.1f} hours on {e.device} with --jobs {jobs}: {e.jobs} jobs "
-          f"(ensembles of up to {e.largest} runs), {e.workers} at a time{memory}"
+          f"({shape}), {e.workers} at a time{memory}"
           f"{' ' + where if memory else ''}{'; less: runs stop once solved' if stops else ''}. "
           "Ctrl-C and the same command resumes", flush=True)  # fmt: skip
