@@ -20,7 +20,7 @@ from .common import LAYERS, cell_update, linear, recur
 from .naive import repeat_reference
 from .spec import Knob, MethodSpec
 
-RNN = nn.RNN | nn.GRU | nn.LSTM
+Layer = nn.RNN | nn.GRU | nn.LSTM
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -51,7 +51,7 @@ class Repeat(nn.Module):
         state: the state after the last repeat of the last token.
     """
 
-    def __init__(self, rnn: RNN, rho: int) -> None:
+    def __init__(self, rnn: Layer, rho: int) -> None:
         super().__init__()
         if not isinstance(rnn, (nn.RNN, nn.GRU, nn.LSTM)):
             raise TypeError(f"Repeat wraps an nn.RNN, GRU or LSTM, got {type(rnn)!r}")
