@@ -21,6 +21,7 @@ import yaml
 
 from . import tasks
 from .methods import METHODS, UnknownMethod, method
+from .methods.spec import fmt_number
 
 
 class ConfigError(ValueError):
@@ -336,7 +337,7 @@ def run_name(config: RunConfig, varied: dict[str, Any] | None = None) -> str:
         if key == "model" or key in knobs:
             continue
         leaf = key.split(".")[-1].replace("_", "")
-        parts.append(f"{leaf}{value:g}" if isinstance(value, float) else f"{leaf}{value}")
+        parts.append(f"{leaf}{fmt_number(value)}")
     parts.append(f"seed{config.seed}")
     return "-".join(parts)
 

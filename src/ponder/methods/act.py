@@ -397,7 +397,7 @@ def stacked(
         g_first, g_later = g_tokens[t] + w_flag, g_tokens[t]
 
         def step(n, s, rows, members, g_first=g_first, g_later=g_later):
-            h = s[0] if isinstance(s, tuple) else s
+            h = output_of(s)
             gi = of("g", g_later, members, rows) if n > 1 else of("g1", g_first, members, rows)
             b = of("b_hh", b_hh, members) if not fold else None  # folded into gi otherwise
             return recur(spec.cell, gi, h, of("w_hh", w_hh, members), b, s)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import LAYERS, cell_update, linear, recur
+from .common import LAYERS, cell_update, linear, output_of, recur
 from .naive import repeat_reference
 from .spec import Knob, MethodSpec
 
@@ -121,13 +121,13 @@ def stacked(
     for i in range(t * rho):
         token, repeat = divmod(i, rho)
         gi = g_tokens[token] + w_flag if repeat == 0 else g_tokens[token]
-        h = state[0] if isinstance(state, tuple) else state
+        h = output_of(state)
         if i == 0:  # h is zero: h W_hh^T = 0 exactly, so skip that matmul
             state = cell_update(spec.cell, gi, None if fold else b_hh.unsqueeze(1), state)
         else:
             state = recur(spec.cell, gi, h, w_hh, b_hh, state)
         if repeat == rho - 1:
-            outs.append(state[0] if isinstance(state, tuple) else state)
+            outs.append(output_of(state))
     y = torch.stack(outs, 2)  # (K, B, T, H)
     fixed = torch.full((k, b, t), float(rho), device=x.device, dtype=x.dtype)
     info = {"ponder_steps": fixed, "ponder_cost": fixed, "repetitions": fixed}
