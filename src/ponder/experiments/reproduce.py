@@ -427,7 +427,8 @@ def estimate(
 
 
 def _done_steps(run_dir: Path) -> int:
-    """The steps a run has already logged (it resumes there)."""
+    """The steps a run has already logged: about where it resumes (its checkpoint is at most
+    ``checkpoint_every`` logs behind), read without loading the checkpoint."""
     return rundir.last_logged_step(run_dir) if run_dir.exists() else 0
 
 
