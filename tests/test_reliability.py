@@ -16,7 +16,7 @@ import pytest
 
 from ponder import rundir
 from ponder.cli import main
-from ponder.experiments import sweep
+from ponder.experiments import plan, sweep
 from ponder.training import train
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -379,10 +379,32 @@ def test_the_plan_spreads_an_ensemble_over_idle_workers(tiny, tmp_path):
     runs = [(tiny(seed=s), tmp_path / f"a{s}") for s in range(5)]
     short = [(tiny(seed=9, model="rnn"), tmp_path / "b")]
     jobs = sweep.spread([runs, short], workers=3)
-    assert sorted(len(j) for j in jobs) == [1, 2, 3]
+    # 3 workers: 3 + 2 runs would end with the 3; 2 + 2 + 1 ends after 2 runs, and splitting
+    # on into single runs would end no sooner, so it stops there.
+    assert sorted(len(j) for j in jobs) == [1, 1, 2, 2]
+    assert sorted(str(d) for j in jobs for _, d in j) == sorted(str(d) for _, d in runs + short)
     assert sweep.spread([runs, short], workers=3) == jobs  # a function of the plan alone
     assert sweep.spread([runs], workers=1) == [runs]
     assert len(sweep.spread([runs], workers=9)) == 5  # no further than one run a job
+
+
+def test_the_plan_splits_an_ensemble_that_would_outlast_every_other_job(tiny, tmp_path):
+    """Addition's quick grid: one ensemble of 12 ACT runs (cap M = 20) and five small jobs on
+    2 workers. There are more jobs than workers, but the ACT ensemble alone would take longer
+    than all the rest: it is split 6 + 6, and no further (3 + 3 would not end sooner)."""
+    act = [(tiny(seed=s, max_ponder=20, steps=100), tmp_path / f"act{s}") for s in range(12)]
+
+    def three(model: str, **kw) -> list:
+        return [(tiny(seed=s, model=model, steps=100, **kw), tmp_path / f"{model}{kw}{s}")
+                for s in range(3)]  # fmt: skip
+
+    small = [three("repeat", rho=rho) for rho in (2, 3, 5, 8)] + [three("rnn")]
+    jobs = sweep.spread([act, *small], workers=2)
+    assert sorted(len(j) for j in jobs) == [3, 3, 3, 3, 3, 6, 6]
+    assert {len(j) for j in jobs if j[0][0].model == "act"} == {6}
+    assert plan.makespan([plan.job_cost(j) for j in jobs], 2) < plan.job_cost(act)
+    # Equal costs that already fill both workers stay as they are.
+    assert sweep.spread([act[:6], act[6:]], workers=2) == [act[:6], act[6:]]
 
 
 def _write(path: Path, text: str) -> Path:

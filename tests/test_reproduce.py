@@ -3,10 +3,11 @@
 import dataclasses
 
 import pytest
+import torch
 
 from ponder import rundir
 from ponder.cli import main
-from ponder.experiments import reproduce, sweep
+from ponder.experiments import plan, reproduce, sweep
 
 
 def test_quick_grid_is_the_reduced_parity_experiment():
@@ -213,7 +214,54 @@ def test_reproduce_budget_trains_the_papers_grids_for_fewer_steps(tmp_path, monk
 
 
 def test_makespan_starts_the_longest_jobs_first_on_the_first_free_worker():
-    assert reproduce.makespan([], 2) == 0.0
-    assert reproduce.makespan([2.0, 3.0, 2.0, 3.0, 2.0], 2) == 7.0  # 3+2+2 | 3+2
-    assert reproduce.makespan([5.0, 1.0, 1.0], 1) == 7.0
-    assert reproduce.makespan([5.0, 4.0, 3.0], 5) == 5.0
+    assert plan.makespan([], 2) == 0.0
+    assert plan.makespan([2.0, 3.0, 2.0, 3.0, 2.0], 2) == 7.0  # 3+2+2 | 3+2
+    assert plan.makespan([5.0, 1.0, 1.0], 1) == 7.0
+    assert plan.makespan([5.0, 4.0, 3.0], 5) == 5.0
+
+
+def test_the_estimate_bounds_act_at_its_cap_and_says_what_it_would_be_at_the_start(
+    tmp_path, tiny_grid, monkeypatch
+):
+    """ACT's step costs what its halting unit has learned, so a step timed before training
+    says little: its jobs are timed held at the cap (the bound, ``hours``) and as they start
+    (``hours_at_start``); a fixed method's only once. Rates are stubbed: the arithmetic and
+    what is measured are under test, not this machine's speed."""
+    grid = sweep.load_grid(_write(tmp_path / "g.yaml", tiny_grid), seeds=2, budget=3600)
+    calls = []
+
+    def rate(config, k=1, steps=5, at_cap=False):
+        calls.append((config.model, k, at_cap))
+        return 0.5 if at_cap else 2.0  # steps/s
+
+    monkeypatch.setattr(reproduce, "measure_steps_per_second", rate)
+    e = reproduce.estimate(grid, tmp_path / "none", workers=1, batch=16)
+    jobs = sweep.spread(sweep.plan_jobs(grid.runs, tmp_path / "none", 16), 1)
+    act = [j for j in jobs if j[0][0].model == "act"]
+    assert act and e.pondering == ("ACT",)
+    assert {c for c in calls if c[0] != "act"} == {(j[0][0].model, len(j), False) for j in jobs
+                                                   if j[0][0].model != "act"}  # fmt: skip
+    assert {c for c in calls if c[0] == "act"} == {("act", len(j), cap) for j in act
+                                                   for cap in (False, True)}  # fmt: skip
+    # One worker: the hours add up, 3,600 steps a job at 2 steps/s, ACT's at 0.5 at its cap.
+    assert e.hours_at_start == pytest.approx(len(jobs) * 1800 / 3600)
+    assert e.hours == pytest.approx(e.hours_at_start + len(act) * (7200 - 1800) / 3600)
+    repeat_only = sweep.load_grid(_write(tmp_path / "r.yaml", TINY_ADDITION), budget=3600)
+    assert reproduce.estimate(repeat_only, tmp_path / "none2", 1, 16).hours_at_start is None
+
+
+def test_at_cap_every_token_ponders_to_m():
+    """``AT_CAP``, the halting bias the estimate times ACT at, halts no token before M."""
+    from ponder import ACT
+
+    act = ACT(torch.nn.LSTMCell(4, 8), max_steps=100)
+    with torch.no_grad():
+        act.halting.weight.zero_()
+        act.halting.bias.fill_(reproduce.AT_CAP)
+    _, _, info = act(torch.randn(3, 5, 3))
+    assert (info["steps"] == 100).all()
+
+
+def _write(path, text: str):
+    path.write_text(text)
+    return path

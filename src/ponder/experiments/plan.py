@@ -49,19 +49,23 @@ def plan_jobs(
 
 
 def _longest_first(job: list[tuple[RunConfig, Path]]) -> tuple[float, float]:
-    """Jobs start in this order, the costliest first: with fewer workers than jobs, the sweep
-    then ends on short jobs instead of waiting on one long job started last (longest
-    processing time first). A job's cost is bounded by its runs' steps x the recurrent steps a
-    training step can take (Repeat's rho, ACT's cap M, PonderNet's N) x a recurrent step's
-    multiply-adds; ACT's real ponder is unknown before it trains, so its bound ranks it first,
-    the smallest tau (which ponders most) ahead (``MethodSpec.ponder_pressure``)."""
+    """Jobs start in this order, the costliest first (``job_cost``): with fewer workers than
+    jobs, the sweep then ends on short jobs instead of waiting on one long job started last
+    (longest processing time first). ACT's real ponder is unknown before it trains, so its
+    bound ranks it first, the smallest tau (which ponders most) ahead
+    (``MethodSpec.ponder_pressure``)."""
+    pressure = [method(c.model).ponder_pressure(c) for c, _ in job]
+    return -job_cost(job), min(pressure, default=0.0)
+
+
+def job_cost(job: list[tuple[RunConfig, Path]]) -> float:
+    """A bound on a job's work: its runs' steps x the recurrent steps a training step can take
+    (Repeat's rho, ACT's cap M, PonderNet's N) x a recurrent step's multiply-adds."""
 
     def cost(c: RunConfig) -> float:
-        per_step = method(c.model).max_steps(c)
-        return c.steps * per_step * c.hidden * c.hidden * GATES[c.cell]
+        return c.steps * method(c.model).max_steps(c) * c.hidden * c.hidden * GATES[c.cell]
 
-    pressure = [method(c.model).ponder_pressure(c) for c, _ in job]
-    return -sum(cost(c) for c, _ in job), min(pressure, default=0.0)
+    return sum(cost(c) for c, _ in job)
 
 
 def _ensembles(
@@ -122,17 +126,38 @@ def _resume_step(run_dir: Path) -> int | None:
 def spread(
     jobs: list[list[tuple[RunConfig, Path]]], workers: int
 ) -> list[list[tuple[RunConfig, Path]]]:
-    """``jobs`` with ensembles split until every one of ``workers`` has a job from the start
-    (or no ensemble is left to split): the costliest ensemble goes on as two of about equal
-    size, its runs in the plan's order. A function of the plan alone: the sweep trains the
-    same groups, so the same numbers, whatever the machine's load."""
+    """``jobs`` with the costliest ensemble split in two of about equal size (its runs in the
+    plan's order) while a worker would have no job from the start, and then for as long as a
+    split shortens the sweep: the makespan of the jobs' costs (``job_cost``) started longest
+    first over ``workers``. Addition's quick grid needed this: one ACT ensemble of 12 runs held
+    one core for hours while the other had finished everything else. A split that would not
+    shorten the sweep is not made, for each ensemble pays its own per-step overhead. A
+    function of the plan alone: the sweep trains the same groups, so the same numbers,
+    whatever the machine's load."""
     jobs = [list(j) for j in jobs]
-    while len(jobs) < workers:
+    while True:
         multi = [j for j in jobs if len(j) > 1]
         if not multi:
             break
         job = min(multi, key=_longest_first)  # the costliest (the key sorts it first)
         i = jobs.index(job)
         half = -(-len(job) // 2)
-        jobs[i : i + 1] = [job[:half], job[half:]]
+        split = [*jobs[:i], job[:half], job[half:], *jobs[i + 1 :]]
+        if len(jobs) >= workers and _makespan(split, workers) >= _makespan(jobs, workers):
+            break
+        jobs = split
     return sorted(jobs, key=_longest_first)
+
+
+def _makespan(jobs: list[list[tuple[RunConfig, Path]]], workers: int) -> float:
+    return makespan([job_cost(j) for j in jobs], workers)
+
+
+def makespan(durations: list[float], workers: int) -> float:
+    """The wall time of jobs started longest first on ``workers`` workers, each job on the
+    first worker free (the sweep starts them in that order)."""
+    free = [0.0] * max(1, workers)
+    for d in sorted(durations, reverse=True):
+        i = free.index(min(free))
+        free[i] += d
+    return max(free)

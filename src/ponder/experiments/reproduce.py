@@ -24,6 +24,7 @@ from ..methods import method
 from ..training.engine import resolve_device
 from . import sweep as sweeps
 from . import timing
+from .plan import makespan
 
 FULL_GRIDS = {
     "parity": ["parity-table", "parity-tau", "parity-rho"],
@@ -351,13 +352,24 @@ def budget_note(task: str, budget: int) -> str:
     )
 
 
-def measure_steps_per_second(config: RunConfig, k: int = 1, steps: int = 5) -> float:
+# A halting bias at which h = sigmoid(-30), about 1e-13: no token halts before the cap.
+AT_CAP = -30.0
+
+
+def measure_steps_per_second(
+    config: RunConfig, k: int = 1, steps: int = 5, at_cap: bool = False
+) -> float:
     """Training steps per second of ``config`` on its device as the sweep trains it: one run
     (``train.run``'s step) or an ensemble of ``k`` (seeds 0..k-1; CUDA graphs on a GPU),
-    timed after warm-up. An ensemble step advances all ``k`` runs."""
+    timed after warm-up. An ensemble step advances all ``k`` runs. ``at_cap``: with the
+    halting unit held so that every token ponders to the cap (for a method whose cost
+    follows its halting, ``MethodSpec.cost_follows_halting``)."""
     device = resolve_device(config.device)
     budget = timing.Timing(warmup=1, repeats=1, seconds=1e9, max_steps=steps)
-    step = timing.single_step(config, device) if k == 1 else timing.ensemble_step(config, device, k)
+    if k == 1:
+        step = timing.single_step(config, device, AT_CAP if at_cap else None)
+    else:
+        step = timing.ensemble_step(config, device, k, (AT_CAP,) * k if at_cap else ())
     return timing.measure(step, device, budget)
 
 
@@ -367,7 +379,12 @@ class Estimate:
     run trains its whole budget (runs that stop once solved take less), the jobs as the sweep
     will build them (``plan_jobs``: ensembles of up to ``batch`` runs) started ``workers`` at
     a time, and ``peak_gib``, the most memory one job took while it was timed (GPU memory
-    allocated on a GPU, the process's peak resident memory on a CPU; None if unknown)."""
+    allocated on a GPU, the process's peak resident memory on a CPU; None if unknown).
+
+    A method whose cost follows what its halting unit learns (ACT: ``pondering``) is timed
+    twice: held at its cap, for ``hours``, a bound, and as it ponders when it starts, for
+    ``hours_at_start``, what the sweep would take were it never to ponder more (ACT on
+    addition learns to ponder 6 to 13 steps a number of its cap of 20; on parity a few)."""
 
     hours: float
     jobs: int
@@ -375,6 +392,8 @@ class Estimate:
     workers: int
     device: str
     peak_gib: float | None
+    hours_at_start: float | None = None  # None: no job's cost follows its halting
+    pondering: tuple[str, ...] = ()  # the titles of the methods timed both ways
 
 
 def _peak_gib(device: torch.device) -> float | None:
@@ -388,16 +407,6 @@ def _peak_gib(device: torch.device) -> float | None:
         return None
 
 
-def makespan(durations: list[float], workers: int) -> float:
-    """The wall time of jobs started longest first on ``workers`` workers, each job on the
-    first worker free (the sweep starts them in that order)."""
-    free = [0.0] * max(1, workers)
-    for d in sorted(durations, reverse=True):
-        i = free.index(min(free))
-        free[i] += d
-    return max(free)
-
-
 def estimate(
     grid: sweeps.Grid, sweep_dir: Path, workers: int, batch: int, executor=None
 ) -> Estimate:
@@ -408,14 +417,23 @@ def estimate(
     device = resolve_device(grid.runs[0].config.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rates: dict[tuple[str, int], float] = {}
-    durations = []
-    for job in jobs:
+    rates: dict[tuple[str, int, bool], float] = {}
+    durations, at_start, pondering = [], [], set()
+
+    def duration(job: list, at_cap: bool) -> float:
         config, k = job[0][0], len(job)
-        key = (config.key(ignore=("seed",)), k)
+        spec = method(config.model)
+        key = (config.key(ignore=("seed", *spec.per_member)), k, at_cap)
         if key not in rates:
-            rates[key] = measure_steps_per_second(config, k)
-        durations.append(max(c.steps - _done_steps(d) for c, d in job) / rates[key])
+            rates[key] = measure_steps_per_second(config, k, at_cap=at_cap)
+        return max(c.steps - _done_steps(d) for c, d in job) / rates[key]
+
+    for job in jobs:
+        varies = method(job[0][0].model).cost_follows_halting
+        if varies:
+            pondering.add(method(job[0][0].model).title)
+        durations.append(duration(job, at_cap=varies))
+        at_start.append(duration(job, at_cap=False) if varies else durations[-1])
     return Estimate(
         hours=makespan(durations, workers) / 3600,
         jobs=len(jobs),
@@ -423,6 +441,8 @@ def estimate(
         workers=workers,
         device=device.type,
         peak_gib=_peak_gib(device) if jobs else None,
+        hours_at_start=makespan(at_start, workers) / 3600 if pondering else None,
+        pondering=tuple(sorted(pondering)),
     )
 
 
@@ -537,3 +557,8 @@ def _announce(
           f"({shape}), {e.workers} at a time{memory}"
           f"{' ' + where if memory else ''}{'; less: runs stop once solved' if stops else ''}. "
           "Ctrl-C and the same command resumes", flush=True)  # fmt: skip
+    if e.hours_at_start is not None:
+        who = " and ".join(e.pondering)
+        print(f"  that is with every {who} run pondering to its cap on every token; pondering "
+              f"as little as it does when it starts, {e.hours_at_start:,.1f} hours. What it "
+              "learns to ponder decides where between", flush=True)  # fmt: skip

@@ -91,9 +91,16 @@ def naive_step(
     return holding(step, model.halt.weight, model.halt.bias, [halting_bias])
 
 
-def single_step(config: RunConfig, device: torch.device) -> Callable[[], None]:
-    """The training loop's step for one run (``engine.Single``; CUDA graphs on a GPU)."""
-    return Single(dataclasses.replace(config, seed=0), None, device).stepper
+def single_step(
+    config: RunConfig, device: torch.device, halting_bias: float | None = None
+) -> Callable[[], None]:
+    """The training loop's step for one run (``engine.Single``; CUDA graphs on a GPU); its
+    halting unit held at ``halting_bias`` when given (``holding``)."""
+    eng = Single(dataclasses.replace(config, seed=0), None, device)
+    if halting_bias is None:
+        return eng.stepper
+    halting = eng.net.core.halting
+    return holding(eng.stepper, halting.weight, halting.bias, [halting_bias])
 
 
 def ensemble_step(

@@ -456,6 +456,7 @@ SPEC = MethodSpec(
     symbols={"max_ponder": "M"},
     per_member=("tau",),
     halts_on_host=True,
+    cost_follows_halting=True,
     repetitions_label="ponder N(t) - 1 + R(t)",  # the paper's "repetitions"
     repetitions_name="ponder",
     ponder_pressure=lambda config: config.tau,

@@ -85,6 +85,11 @@ class MethodSpec:
     # ACT: deciding that a token has halted reads the host once per ponder step, so a CUDA graph
     # replays a fixed unroll (``graphs.py``) and ``forward`` takes ``unroll``.
     halts_on_host: bool = False
+    # ACT: what a training step costs follows what its halting unit (``core.halting``) has
+    # learned, from one step per token to the cap. Timing a step before training then says
+    # little of what it will cost, so an estimate also times it held at the cap
+    # (``reproduce.estimate``). PonderNet's unroll always runs its N steps.
+    cost_follows_halting: bool = False
     # PonderNet: the halting steps are drawn from uniforms ``[B, T, max_steps]`` that the
     # training step draws from the run's stream (``forward`` takes ``uniforms``).
     draws_halting: bool = False
