@@ -265,3 +265,17 @@ def test_at_cap_every_token_ponders_to_m():
 def _write(path, text: str):
     path.write_text(text)
     return path
+
+
+def test_the_announcement_gives_the_bound_and_the_start(tmp_path, tiny_grid, monkeypatch, capsys):
+    grid = sweep.load_grid(_write(tmp_path / "g.yaml", tiny_grid), seeds=1, budget=20)
+    bound = reproduce.Estimate(12.0, 4, 2, 2, "cpu", 0.5, hours_at_start=1.5, pondering=("ACT",))
+    monkeypatch.setattr(reproduce, "estimate", lambda *a: bound)
+    reproduce._announce("parity", grid, False, 2, tmp_path / "out", 16, None)
+    out = capsys.readouterr().out
+    assert "expect up to 12.0 hours on cpu with --jobs 2" in out
+    assert "the bound holds every ACT run at its cap" in out and "be 1.5 hours" in out
+    fixed = dataclasses.replace(bound, hours_at_start=None, pondering=())
+    monkeypatch.setattr(reproduce, "estimate", lambda *a: fixed)
+    reproduce._announce("parity", grid, False, 2, tmp_path / "out", 16, None)
+    assert "cap" not in capsys.readouterr().out

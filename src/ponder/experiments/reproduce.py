@@ -559,6 +559,6 @@ def _announce(
           "Ctrl-C and the same command resumes", flush=True)  # fmt: skip
     if e.hours_at_start is not None:
         who = " and ".join(e.pondering)
-        print(f"  that is with every {who} run pondering to its cap on every token; pondering "
-              f"as little as it does when it starts, {e.hours_at_start:,.1f} hours. What it "
-              "learns to ponder decides where between", flush=True)  # fmt: skip
+        print(f"  the bound holds every {who} run at its cap on every token; pondering as it "
+              f"does when it starts, it would be {e.hours_at_start:,.1f} hours. Where the sweep "
+              f"falls between depends on what {who} learns to ponder", flush=True)  # fmt: skip
