@@ -405,6 +405,9 @@ def test_the_plan_splits_an_ensemble_that_would_outlast_every_other_job(tiny, tm
     assert plan.makespan([plan.job_cost(j) for j in jobs], 2) < plan.job_cost(act)
     # Equal costs that already fill both workers stay as they are.
     assert sweep.spread([act[:6], act[6:]], workers=2) == [act[:6], act[6:]]
+    # Four workers: splitting one of two equal ensembles gains nothing, splitting both halves
+    # the sweep, so both are split.
+    assert sorted(len(j) for j in sweep.spread([act[:6], act[6:]], workers=4)) == [3, 3, 3, 3]
 
 
 def _write(path: Path, text: str) -> Path:

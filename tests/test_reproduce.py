@@ -218,6 +218,7 @@ def test_makespan_starts_the_longest_jobs_first_on_the_first_free_worker():
     assert plan.makespan([2.0, 3.0, 2.0, 3.0, 2.0], 2) == 7.0  # 3+2+2 | 3+2
     assert plan.makespan([5.0, 1.0, 1.0], 1) == 7.0
     assert plan.makespan([5.0, 4.0, 3.0], 5) == 5.0
+    assert plan.makespan([2.0, 3.0, 3.0], 2, in_order=True) == 5.0  # as started: 2+3 | 3
 
 
 def test_the_estimate_bounds_act_at_its_cap_and_says_what_it_would_be_at_the_start(
@@ -274,8 +275,32 @@ def test_the_announcement_gives_the_bound_and_the_start(tmp_path, tiny_grid, mon
     reproduce._announce("parity", grid, False, 2, tmp_path / "out", 16, None)
     out = capsys.readouterr().out
     assert "expect up to 12.0 hours on cpu with --jobs 2" in out
-    assert "the bound holds every ACT run at its cap" in out and "be 1.5 hours" in out
+    assert "the bound holds every ACT run at its cap" in out and "starts, 1.5 hours" in out
     fixed = dataclasses.replace(bound, hours_at_start=None, pondering=())
     monkeypatch.setattr(reproduce, "estimate", lambda *a: fixed)
     reproduce._announce("parity", grid, False, 2, tmp_path / "out", 16, None)
     assert "cap" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_the_estimates_steps_ponder_to_the_cap_when_held(tiny, monkeypatch, cell):
+    """The steps ``estimate`` times at the cap: one run's and an ensemble's, through the
+    training loop's own steppers, log M ponder steps on every token (the window's N)."""
+    from ponder.experiments import timing
+    from ponder.training.engine import WINDOW
+
+    made = []
+    for name in ("Single", "Stacked"):
+        real = getattr(timing, name)
+        monkeypatch.setattr(timing, name, lambda *a, real=real: made.append(real(*a)) or made[-1])
+    config = tiny(max_ponder=5, cell=cell)
+    device = torch.device("cpu")
+    for step in (
+        timing.single_step(config, device, reproduce.AT_CAP),
+        timing.ensemble_step(config, device, 2, (reproduce.AT_CAP,) * 2),
+    ):
+        step()
+        step()
+    n = WINDOW.index("ponder_steps")
+    assert made[0].stepper.window[..., n].tolist() == pytest.approx([2 * 5])
+    assert made[1].stepper.window[..., n].tolist() == pytest.approx([2 * 5, 2 * 5])

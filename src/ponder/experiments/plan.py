@@ -126,38 +126,39 @@ def _resume_step(run_dir: Path) -> int | None:
 def spread(
     jobs: list[list[tuple[RunConfig, Path]]], workers: int
 ) -> list[list[tuple[RunConfig, Path]]]:
-    """``jobs`` with the costliest ensemble split in two of about equal size (its runs in the
-    plan's order) while a worker would have no job from the start, and then for as long as a
-    split shortens the sweep: the makespan of the jobs' costs (``job_cost``) started longest
-    first over ``workers``. Addition's quick grid needed this: one ACT ensemble of 12 runs held
-    one core for hours while the other had finished everything else. A split that would not
-    shorten the sweep is not made, for each ensemble pays its own per-step overhead. A
-    function of the plan alone: the sweep trains the same groups, so the same numbers,
-    whatever the machine's load."""
-    jobs = [list(j) for j in jobs]
-    while True:
-        multi = [j for j in jobs if len(j) > 1]
-        if not multi:
-            break
-        job = min(multi, key=_longest_first)  # the costliest (the key sorts it first)
-        i = jobs.index(job)
+    """``jobs`` with ensembles split so that the sweep ends sooner: the costliest ensemble goes
+    on as two of about equal size (its runs in the plan's order), again and again until no
+    ensemble is left, and of the plans on the way the first whose makespan (``job_cost``s
+    started longest first over ``workers``) is within a tenth of the least is kept.
+
+    Addition's quick grid needed this: one ACT ensemble of 12 runs held one core for hours
+    while the other had finished everything else. Looking past the first split matters: with
+    two equal ensembles and four workers, splitting one alone gains nothing, both halve the
+    time. The tenth's margin keeps ensembles whole where splitting them would gain little, for
+    the cost bound does not see what each ensemble pays per step on its own. A function of the
+    plan alone: the sweep trains the same groups, so the same numbers, whatever the load."""
+    plan = sorted([list(j) for j in jobs], key=_longest_first)
+    plans = [plan]
+    while any(len(j) > 1 for j in plan):
+        job = min((j for j in plan if len(j) > 1), key=_longest_first)  # the costliest
+        i = plan.index(job)
         half = -(-len(job) // 2)
-        split = [*jobs[:i], job[:half], job[half:], *jobs[i + 1 :]]
-        if len(jobs) >= workers and _makespan(split, workers) >= _makespan(jobs, workers):
-            break
-        jobs = split
-    return sorted(jobs, key=_longest_first)
+        plan = sorted([*plan[:i], job[:half], job[half:], *plan[i + 1 :]], key=_longest_first)
+        plans.append(plan)
+    spans = [_makespan(p, workers) for p in plans]
+    least = min(spans)
+    return next(p for p, span in zip(plans, spans, strict=True) if span <= 1.1 * least)
 
 
 def _makespan(jobs: list[list[tuple[RunConfig, Path]]], workers: int) -> float:
-    return makespan([job_cost(j) for j in jobs], workers)
+    return makespan([job_cost(j) for j in jobs], workers, in_order=True)
 
 
-def makespan(durations: list[float], workers: int) -> float:
-    """The wall time of jobs started longest first on ``workers`` workers, each job on the
-    first worker free (the sweep starts them in that order)."""
+def makespan(durations: list[float], workers: int, in_order: bool = False) -> float:
+    """The wall time of jobs on ``workers`` workers, each started on the first worker free:
+    in the order given (``in_order``, as a sweep starts its plan) or longest first."""
     free = [0.0] * max(1, workers)
-    for d in sorted(durations, reverse=True):
+    for d in durations if in_order else sorted(durations, reverse=True):
         i = free.index(min(free))
         free[i] += d
     return max(free)

@@ -383,8 +383,9 @@ class Estimate:
 
     A method whose cost follows what its halting unit learns (ACT: ``pondering``) is timed
     twice: held at its cap, for ``hours``, a bound, and as it ponders when it starts, for
-    ``hours_at_start``, what the sweep would take were it never to ponder more (ACT on
-    addition learns to ponder 6 to 13 steps a number of its cap of 20; on parity a few)."""
+    ``hours_at_start``, what the sweep would take were it to ponder as it starts (2 steps a
+    token; on the reduced additions of RESULTS.md ACT learned 2 to 12 a number of its cap of
+    20, and with a large tau it falls to 1)."""
 
     hours: float
     jobs: int
@@ -413,6 +414,8 @@ def estimate(
     """Time one step of every job shape the sweep will build (each configuration, at the size
     of its ensembles) on the device it will train on, and add up what is left to train."""
     on_gpu = getattr(executor, "on_gpu", sweeps.on_gpu_here)
+    held = getattr(executor, "workers", None)  # what the sweep will plan with, where it says
+    workers = held if isinstance(held, int) else workers
     jobs = sweeps.spread(sweeps.plan_jobs(grid.runs, sweep_dir, batch, on_gpu), workers)
     device = resolve_device(grid.runs[0].config.device)
     if device.type == "cuda":
@@ -435,13 +438,13 @@ def estimate(
         durations.append(duration(job, at_cap=varies))
         at_start.append(duration(job, at_cap=False) if varies else durations[-1])
     return Estimate(
-        hours=makespan(durations, workers) / 3600,
+        hours=makespan(durations, workers, in_order=True) / 3600,  # the sweep's order
         jobs=len(jobs),
         largest=max((len(j) for j in jobs), default=0),
         workers=workers,
         device=device.type,
         peak_gib=_peak_gib(device) if jobs else None,
-        hours_at_start=makespan(at_start, workers) / 3600 if pondering else None,
+        hours_at_start=makespan(at_start, workers, in_order=True) / 3600 if pondering else None,
         pondering=tuple(sorted(pondering)),
     )
 
@@ -560,5 +563,6 @@ def _announce(
     if e.hours_at_start is not None:
         who = " and ".join(e.pondering)
         print(f"  the bound holds every {who} run at its cap on every token; pondering as it "
-              f"does when it starts, it would be {e.hours_at_start:,.1f} hours. Where the sweep "
-              f"falls between depends on what {who} learns to ponder", flush=True)  # fmt: skip
+              f"does when it starts, {e.hours_at_start:,.1f} hours. Usually the sweep falls "
+              f"between; it takes less where {who} learns to ponder less than at its start or "
+              "runs stop once solved", flush=True)  # fmt: skip
