@@ -140,7 +140,7 @@ def spread(
     plan = sorted([list(j) for j in jobs], key=_longest_first)
     plans = [plan]
     while any(len(j) > 1 for j in plan):
-        job = min((j for j in plan if len(j) > 1), key=_longest_first)  # the costliest
+        job = next(j for j in plan if len(j) > 1)  # the costliest: the plan is sorted
         i = plan.index(job)
         half = -(-len(job) // 2)
         plan = sorted([*plan[:i], job[:half], job[half:], *plan[i + 1 :]], key=_longest_first)

@@ -432,9 +432,10 @@ def estimate(
         return max(c.steps - _done_steps(d) for c, d in job) / rates[key]
 
     for job in jobs:
-        varies = method(job[0][0].model).cost_follows_halting
+        spec = method(job[0][0].model)
+        varies = spec.cost_follows_halting
         if varies:
-            pondering.add(method(job[0][0].model).title)
+            pondering.add(spec.title)
         durations.append(duration(job, at_cap=varies))
         at_start.append(duration(job, at_cap=False) if varies else durations[-1])
     return Estimate(
