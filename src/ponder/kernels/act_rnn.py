@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import torch
 
+from .rows import Gradients, Rows, add_sums, halted, set_bounds
 from .tanh import faster, from_doubled_
 
 # dL/da = dL/dh (1 - h^2) in one pass, h = tanh(a): the kernel autograd uses for tanh.
@@ -70,107 +71,6 @@ def tanh_act(
     y_t = s_t ``[K, B, H]``, N(t) ``[K, B]`` (int64) and R(t) ``[K, B]``.
     """
     return _TanhACT.apply(g1, g, h0, w_hh, w_halt, b_halt, epsilon, max_steps)
-
-
-class Rows:
-    """A set of (run, sample) pairs, as rows grouped by run: ``pairs [R]`` (ascending indices
-    into the flattened ``K * B``; None: every pair, in order), ``keep`` (their indices in the
-    set they came from) and ``blocks``, each run's (run, first row, end row)."""
-
-    def __init__(self, k: int, b: int, pairs: torch.Tensor | None, keep: torch.Tensor | None):
-        self.k, self.b, self.pairs, self.keep = k, b, pairs, keep
-        self._views: dict[int, tuple] = {}  # per-run views of weights, made once per set
-        if pairs is None:
-            self.size = k * b
-            self.blocks = [(r, r * b, (r + 1) * b) for r in range(k)]
-            self.run = None
-        else:
-            self.size = pairs.numel()
-            self.run = pairs // b  # the run of each row
-            counts = torch.bincount(self.run, minlength=k).tolist()  # one host sync per set
-            ends = torch.tensor(counts).cumsum(0).tolist()
-            spans = zip(counts, ends, strict=True)
-            self.blocks = [(r, e - c, e) for r, (c, e) in enumerate(spans) if c]
-        self.sizes = [end - start for _, start, end in self.blocks]
-
-    @property
-    def uniform(self) -> bool:
-        """Every pair, in order: each run has all B rows."""
-        return self.pairs is None
-
-    def per_run_views(self, w: torch.Tensor) -> list[torch.Tensor]:
-        """``w [K, ...]`` at each block's run (a ponder step's matmuls slice no weights)."""
-        hit = self._views.get(id(w))
-        if hit is None or hit[0] is not w:
-            hit = self._views[id(w)] = (w, [w[r] for r, _, _ in self.blocks])
-        return hit[1]
-
-    def subset(self, keep: torch.Tensor) -> Rows:
-        """The rows ``keep`` (indices into this set's rows) as a set of their own."""
-        return Rows(self.k, self.b, keep if self.uniform else self.pairs[keep], keep)
-
-    def take(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` over the flattened pairs (``[K * B, ...]``) at this set's rows."""
-        return t if self.uniform else t[self.pairs]
-
-    def per_run(self, t: torch.Tensor) -> torch.Tensor:
-        """A per-run ``t [K, ...]`` at each row's run."""
-        return t.repeat_interleave(self.b, 0) if self.uniform else t[self.run]
-
-    def put(self, full: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
-        """``full [K * B, ...]`` (None: zeros) plus ``part`` added at this set's rows."""
-        if self.uniform:
-            return part if full is None else full + part
-        if full is None:
-            full = part.new_zeros(self.k * self.b, *part.shape[1:])
-        return full.index_add_(0, self.pairs, part)
-
-    def matmul(self, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, **scale) -> None:
-        """``out`` = each run's rows of ``x [R, I]`` times its ``w [K, I, O]``, in place
-        (``addmm``'s ``beta`` and ``alpha`` with ``out`` as its input, given ``scale``)."""
-        if self.uniform:  # every run has B rows: one batched matmul
-            x3, o3 = x.view(self.k, self.b, -1), out.view(self.k, self.b, -1)
-            if scale:
-                o3.baddbmm_(x3, w, **scale)
-            else:
-                torch.bmm(x3, w, out=o3)
-            return
-        parts = zip(x.split(self.sizes), self.per_run_views(w), out.split(self.sizes), strict=True)
-        for x_r, w_r, out_r in parts:
-            if scale:
-                out_r.addmm_(x_r, w_r, **scale)
-            else:
-                torch.mm(x_r, w_r, out=out_r)
-
-    def outer(self, a: torch.Tensor, x: torch.Tensor, total: torch.Tensor) -> None:
-        """``total[r] += a_r^T x_r`` for each run r over its rows of ``a [S, R, O]`` and
-        ``x [S, R, I]`` (all of the set's steps, step-major)."""
-        if self.uniform:  # a batched matmul a step (the first set's few steps)
-            for a_s, x_s in zip(a, x, strict=True):
-                total.baddbmm_(
-                    a_s.view(self.k, self.b, -1).transpose(1, 2), x_s.view(self.k, self.b, -1)
-                )
-            return
-        for r, start, end in self.blocks:  # (a view when one run holds every row)
-            a_r, x_r = (
-                a[:, start:end].reshape(-1, a.shape[-1]),
-                x[:, start:end].reshape(-1, x.shape[-1]),
-            )
-            total[r].addmm_(a_r.t(), x_r)
-
-
-def _add_sums(rows: Rows, totals: tuple, sums: tuple) -> tuple:
-    """The per-pair totals (s_t, R(t), N(t); None before the first set) plus a set's sums."""
-    return tuple(rows.put(total, part) for total, part in zip(totals, sums, strict=True))
-
-
-def _halted(fs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A set's R(t) (0 for pairs still running at its end) and the steps each pair ran in it,
-    from f at its start and after each step (every pair runs at a set's start)."""
-    f = torch.stack(fs, 1)  # [R, S + 1]
-    ran = (f[:, :-1] != 1.0).sum(1)
-    f_before = f.gather(1, (ran - 1).unsqueeze(1)).squeeze(1)  # f before the last step run
-    return torch.where(f[:, -1] == 1.0, 1.0 - f_before, 0.0), ran
 
 
 def _cell(rows: Rows, gi: torch.Tensor, h: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
@@ -226,14 +126,14 @@ class _TanhACT(torch.autograd.Function):
             if 2 * left > rows.size:
                 continue
             # At most half of the set runs: its sums go into the totals, and it shrinks.
-            y, remainder, steps = _add_sums(rows, (y, remainder, steps), (c_y, *_halted(fs)))
+            y, remainder, steps = add_sums(rows, (y, remainder, steps), (c_y, *halted(fs)))
             keep = (~done).nonzero().squeeze(1)
             rows = rows.subset(keep)
             sets.append(rows)
             h, f, c_y = h[keep], f[keep], None
             fs = [f]
             g_rows, w_rows, b_rows = rows.take(g_f), rows.per_run(w_z), rows.per_run(b_z)
-        y, remainder, steps = _add_sums(rows, (y, remainder, steps), (c_y, *_halted(fs)))
+        y, remainder, steps = add_sums(rows, (y, remainder, steps), (c_y, *halted(fs)))
         y, steps, remainder = y.view(k, b, hidden), steps.view(k, b), remainder.view(k, b)
         ctx.sets, ctx.record = sets, record
         ctx.save_for_backward(w_hh, w_halt, steps, remainder)
@@ -249,29 +149,19 @@ class _TanhACT(torch.autograd.Function):
         gy, steps, remainder = gy.reshape(k * b, hidden), steps.view(-1), remainder.view(-1)
         g_rem = torch.zeros_like(remainder) if g_rem is None else g_rem.reshape(-1)
         w_z = w_halt.squeeze(1)
-        d_w, d_wz, d_bz = torch.zeros_like(w_hh), torch.zeros_like(w_halt), w_z.new_zeros(k)
-        d_g1 = d_g = None
-        a_full = None  # A per pair, once its step N is replayed
+        grads = Gradients(k, b, w_hh, w_halt)
         carry = None  # dL/dh^{n-1} at the first step of the set replayed last, over its rows
-        # The steps in runs of one set, last run first.
-        bounds = [0] + [i for i in range(1, len(record)) if record[i][0] != record[i - 1][0]]
-        bounds.append(len(record))
-        for first, end in reversed(list(zip(bounds[:-1], bounds[1:], strict=True))):
+        for first, end in set_bounds(record):
             rows, size = sets[record[first][0]], end - first
-            gy_c, n_c, r_c = rows.take(gy), rows.take(steps), rows.take(remainder)
+            gy_c = rows.take(gy)
             # Everything but the recurrence at once over the set's S steps, step-major:
             # [S, R(, H)]. h^{n-1} and h^n are views of one stack [h^{first}, h^{first+1}, ...].
             hs = torch.stack([record[first][1]] + [r[2] for r in record[first:end]])
             h_in, h_out = hs[:-1], hs[1:]
             hh = torch.stack([r[3] for r in record[first:end]])  # h_n
-            ns = torch.arange(first + 1, end + 1, device=gy.device).unsqueeze(1)
-            going, halting = n_c > ns, n_c == ns
             q = torch.linalg.vecdot(h_out, gy_c)  # gy . h^n
-            a_c = (q * halting).sum(0) + rows.take(g_rem)  # A of the pairs that halt here
-            if a_full is not None:  # and of those that halt in a later set
-                a_c = torch.where(halting.any(0), a_c, rows.take(a_full))
-            dz = torch.where(going, q - a_c, 0.0).mul_(hh * (1 - hh))  # dL/dz_n
-            p = torch.where(going, hh, torch.where(halting, r_c, 0.0))
+            at = rows.take(steps), rows.take(remainder), rows.take(g_rem)
+            dz, p = grads.halting(rows, first, q, hh, *at)
             # The direct part of dL/dh^n: p^n gy + dL/dz_n w.
             da = (p.unsqueeze(-1) * gy_c).addcmul_(dz.unsqueeze(-1), rows.per_run(w_z))
             if carry is not None:  # dL/dh of the later set's rows at this set's last step
@@ -285,23 +175,7 @@ class _TanhACT(torch.autograd.Function):
                 if first + j > 0 or ctx.needs_input_grad[2]:
                     carry = torch.empty_like(dh)
                     rows.matmul(dh, w_hh, carry)  # dL/dh^{n-1}
-            # The weights' gradients: a matmul per run over the set's steps and rows.
-            rows.outer(da, h_in, d_w)
-            rows.outer(dz.unsqueeze(-1), h_out, d_wz)
-            if rows.uniform:
-                d_bz += dz.view(size, k, b).sum((0, 2))
-            else:
-                d_bz.index_add_(0, rows.run, dz.sum(0))
-            if first == 0:  # step 1 is always over every pair
-                d_g1, da = da[0], da[1:]
-            if da.shape[0]:
-                d_g = rows.put(d_g, da.sum(0))
-            if first > 0:  # (written, not added: an earlier set holds these pairs too)
-                a_full = a_c.new_zeros(k * b) if a_full is None else a_full
-                a_full[rows.pairs] = a_c
+            grads.add(rows, first, da, h_in, h_out, dz)
         d_h0 = carry.view(k, b, hidden) if ctx.needs_input_grad[2] else None
-        d_g = d_g1.new_zeros(k * b, hidden) if d_g is None else d_g
-        return (
-            d_g1.reshape(k, b, hidden), d_g.view(k, b, hidden), d_h0, d_w,
-            d_wz, d_bz.unsqueeze(1), None, None,
-        )  # fmt: skip
+        d_g1, d_g = grads.inputs()
+        return d_g1, d_g, d_h0, grads.d_w, grads.d_wz, grads.d_bz.unsqueeze(1), None, None

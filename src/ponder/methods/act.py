@@ -27,10 +27,11 @@ the compact set is also over runs: a run none of whose samples still ponders dro
 step (its weights are no longer gathered), so a step costs about what its members ponder, not
 K times its slowest member (runs drop out once at least half of those computed are done).
 
-For an ``nn.RNNCell`` with tanh, the loop runs without autograd and its backward is written out
-(``kernels/act_rnn.py``): a ponder step of a few rows then costs a few operations, not
-autograd's seventy, and an ensemble's running (run, sample) pairs are one ragged set of rows,
-no run padded to the rows of the longest.
+For an ``nn.RNNCell`` with tanh and an ``nn.LSTMCell``, the loop runs without autograd and its
+backward is written out (``kernels/act_rnn.py``, ``kernels/act_lstm.py``): a ponder step of a
+few rows then costs a few operations, not autograd's seventy to a hundred, and an ensemble's
+running (run, sample) pairs are one ragged set of rows, no run padded to the rows of the
+longest.
 
 Deciding that the loop has ended reads one number per ponder step on the host. A CUDA graph
 cannot, so ``unroll=U`` runs exactly U ponder steps over every sample instead (halted ones masked,
@@ -47,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..kernels.act_lstm import lstm_act
 from ..kernels.act_rnn import tanh_act
 from .common import (
     CELLS,
@@ -144,8 +146,9 @@ class ACT(Pondering):
     def _ponder(self, x_t: torch.Tensor, s_prev: State, unroll: int | None, probs: bool):
         cell = self.cell
         tanh_rnn = type(cell) is nn.RNNCell and cell.nonlinearity == "tanh"
-        if tanh_rnn and unroll is None and not probs:  # the hand-written backward (act_rnn.py)
-            return self._tanh_ponder(x_t, s_prev)
+        written_out = tanh_rnn or type(cell) is nn.LSTMCell
+        if written_out and unroll is None and not probs:  # the hand-written backward
+            return self._written_out(x_t, s_prev)
         first, later = flagged(x_t)  # x_t^1, x_t^n>1
 
         def step(n: int, s: State, rows: torch.Tensor | None, members: None) -> State:
@@ -156,16 +159,25 @@ class ACT(Pondering):
 
         return ponder_token(step, halt, s_prev, self.epsilon, self.max_steps, unroll, probs)
 
-    def _tanh_ponder(self, x_t: torch.Tensor, s_prev: torch.Tensor):
-        """``_ponder`` for an ``nn.RNNCell`` (tanh) through ``kernels.act_rnn``, one run of K."""
+    def _written_out(self, x_t: torch.Tensor, s_prev: State):
+        """``_ponder`` for an ``nn.RNNCell`` (tanh) or ``nn.LSTMCell`` through
+        ``kernels.act_rnn`` or ``kernels.act_lstm``, as one run of K."""
         cell = self.cell
         w_ih = cell.weight_ih
         bias = cell.bias_ih + cell.bias_hh if cell.bias else None
         g = nn.functional.linear(x_t, w_ih[:, 1:], bias)  # x_t's part, the flag's column apart
+        g1 = g + w_ih[:, 0]
+        halting = self.halting.weight[None], self.halting.bias[None]
+        limits = self.epsilon, self.max_steps
+        if isinstance(s_prev, tuple):  # (h, c) of an LSTM
+            h, c, steps, remainder = lstm_act(
+                g1[None], g[None], s_prev[0][None], s_prev[1][None], cell.weight_hh[None],
+                *halting, *limits,
+            )  # fmt: skip
+            return h[0], (h[0], c[0]), steps[0], remainder[0], None, None
         y, steps, remainder = tanh_act(
-            (g + w_ih[:, 0])[None], g[None], s_prev[None], cell.weight_hh[None],
-            self.halting.weight[None], self.halting.bias[None], self.epsilon, self.max_steps,
-        )  # fmt: skip
+            g1[None], g[None], s_prev[None], cell.weight_hh[None], *halting, *limits
+        )
         return y[0], y[0], steps[0], remainder[0], None, None
 
 
@@ -374,8 +386,8 @@ def stacked(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``forward`` for K runs stacked (``ensemble.Ensemble``): ``ponder_token`` over runs x
     samples, so a token's loop ends when every sample of every run has halted; for the tanh
-    RNN cell the ragged loop with its backward written out (``kernels.act_rnn``), except with a
-    fixed unroll."""
+    RNN and LSTM cells the ragged loop with its backward written out (``kernels.act_rnn``,
+    ``kernels.act_lstm``), except with a fixed unroll."""
     spec = ens.spec
     w_ih, w_hh, b_ih, b_hh = ens.weights("core.cell")
     fold = spec.cell != "gru"  # b_hh joins the input part (see common.recur)
@@ -405,6 +417,9 @@ def stacked(
         if spec.cell == "rnn" and unroll is None:  # the hand-written backward
             y, n_t, r_t = tanh_act(g_first, g_later, state, w_hh, w_halt, b_halt, *limits)
             state, o_t = y, None
+        elif spec.cell == "lstm" and unroll is None:
+            y, c, n_t, r_t = lstm_act(g_first, g_later, *state, w_hh, w_halt, b_halt, *limits)
+            state, o_t = (y, c), None
         else:
             y, state, n_t, r_t, _, o_t = ponder_token(
                 step, halt, state, *limits, unroll, probs=False

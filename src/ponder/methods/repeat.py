@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..kernels.repeat_lstm import repeat_lstm
 from .common import LAYERS, cell_update, linear, output_of, recur
 from .naive import repeat_reference
 from .spec import Knob, MethodSpec
@@ -106,7 +107,8 @@ def stacked(
     rho: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``forward`` for K stacked runs (``ensemble.Ensemble``) of ``rho`` repeats (None: the
-    spec's), the recurrence written out with batched matmuls over runs."""
+    spec's), the recurrence written out with batched matmuls over runs; for an LSTM its
+    backward too (``kernels.repeat_lstm``)."""
     spec = ens.spec
     rho = spec.rho if rho is None else rho
     k, b, t, _ = x.shape
@@ -115,7 +117,14 @@ def stacked(
     # A token's rho repeats differ only in the flag (the first input column), so project
     # each token once and add the flag's column on its first repeat.
     w_flag = w_ih[:, :, 0].unsqueeze(1)  # (K, 1, G*H)
-    g_tokens = linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih).unbind(2)
+    g_all = linear(x, w_ih[:, :, 1:], b_ih + b_hh if fold else b_ih)  # (K, B, T, G*H)
+    fixed = torch.full((k, b, t), float(rho), device=x.device, dtype=x.dtype)
+    info = {"ponder_steps": fixed, "ponder_cost": fixed, "repetitions": fixed}
+    readout = ens.p("readout.weight"), ens.p("readout.bias")
+    if spec.cell == "lstm":  # the recurrence with its backward written out
+        y = repeat_lstm(g_all + w_flag.unsqueeze(2), g_all, w_hh, rho)
+        return linear(y, *readout), info
+    g_tokens = g_all.unbind(2)
     state = ens.zero_state(x)
     outs = []
     for i in range(t * rho):
@@ -129,9 +138,7 @@ def stacked(
         if repeat == rho - 1:
             outs.append(output_of(state))
     y = torch.stack(outs, 2)  # (K, B, T, H)
-    fixed = torch.full((k, b, t), float(rho), device=x.device, dtype=x.dtype)
-    info = {"ponder_steps": fixed, "ponder_cost": fixed, "repetitions": fixed}
-    return linear(y, ens.p("readout.weight"), ens.p("readout.bias")), info
+    return linear(y, *readout), info
 
 
 def loss(

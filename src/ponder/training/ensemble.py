@@ -18,9 +18,10 @@ directory's engine.json records which engine trained it and beside which compani
 Each method computes its K runs in its own ``stacked`` (``ponder.methods``), with batched
 matmuls over ``[K, B, ...]``; ACT's halting loop is ``act.ponder_token`` itself, run over runs
 x samples, so the loop for a token ends when every sample of every run has halted. For the tanh
-RNN cell ACT's loop is ``kernels/act_rnn.py`` (the running pairs of run and sample as one
-ragged set of rows, its backward written out) and PonderNet's token
-``kernels/pondernet_rnn.py`` on the CPU.
+RNN and LSTM cells ACT's loop is ``kernels/act_rnn.py`` and ``kernels/act_lstm.py`` (the
+running pairs of run and sample as one ragged set of rows, the backward written out),
+PonderNet's token over a tanh RNN ``kernels/pondernet_rnn.py`` on the CPU, and Repeat's
+recurrence over an LSTM ``kernels/repeat_lstm.py``.
 ``Stacked`` is the engine the training loop (``train.py``) drives: the members' checkpoints
 are in the single-run format, so either engine resumes them.
 On a GPU the ensemble's step is replayed from CUDA graphs as a single run's is.
