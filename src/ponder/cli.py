@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="a reduced experiment (parity: 2 to 4 minutes on 2 CPU cores; extrapolation: "
-        "under 10; addition: about an hour)",
+        "under 10; addition: about 70)",
     )
     p.add_argument(
         "--seeds",

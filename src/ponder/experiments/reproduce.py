@@ -232,7 +232,7 @@ class QuickAddition:
     log_every: int = 500
     solve_window: int = 21
     seeds: int = 3
-    minutes: str = "about 90"  # measured: 91.5 on 2 cores (RESULTS.md)
+    minutes: str = "about 70"  # measured: 71 on 2 quiet cores (RESULTS.md)
 
 
 QUICK_ADDITION = QuickAddition()
