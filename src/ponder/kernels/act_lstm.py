@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from . import lstm
-from .rows import Gradients, Rows, add_sums, halted, set_bounds
+from .rows import Gradients, Halting, Rows, add_sums, set_bounds
 
 
 def lstm_act(
@@ -82,54 +82,36 @@ class _LSTMACT(torch.autograd.Function):
         kb, hidden = k * b, width // 4
         g1_f, g_f = lstm.doubled_u(g1.reshape(kb, width)), lstm.doubled_u(g.reshape(kb, width))
         w_t = lstm.doubled_u(w_hh.transpose(1, 2))  # W^T per run, [K, H, 4H]
-        w_z, b_z = w_halt.squeeze(1), b_halt.squeeze(1)
         rows = Rows(k, b, None, None)
+        halting = Halting(rows, w_halt, b_halt, epsilon, max_steps)
         # record, per ponder step: its set, h^{n-1}, c^{n-1}, the gates, tanh(c^n), h^n, c^n, h_n
         sets, record = [rows], []
         h, c = h0.reshape(kb, hidden), c0.reshape(kb, hidden)
-        # cum per row: sum_{n'<n} h_t^n' while the pair runs, exactly 1 once it has halted
-        # (act_rnn.py's f): p^n = cum^n - cum^{n-1}.
-        cum = h.new_zeros(kb)
-        cums = [cum]  # cum at the start of the set and after each of its steps
         # Per pair: s_t = (sum_n p^n h^n, sum_n p^n c^n), R(t), N(t); the sums run over a set's
         # rows and are added into these when the set changes.
         y = cell = remainder = steps = sum_h = sum_c = None
-        g_rows, w_rows, b_rows = g_f, None, None  # (the halting unit per row, once ragged)
-        b_1, w_halt_t = b_halt.unsqueeze(1), w_halt.transpose(1, 2)
-        threshold = 1.0 - epsilon
+        g_rows = g_f
         for n in range(1, max_steps + 1):
             gates = _gates(rows, g1_f if n == 1 else g_rows, h, w_t)
             c_new, tanh_c, h_new = lstm.cell(gates, c)  # c^n, tanh(c^n), h^n
-            if rows.uniform:  # h_n, as one batched matmul while every run has all its rows
-                z = torch.baddbmm(b_1, h_new.view(k, b, hidden), w_halt_t).view(-1)
-            else:
-                z = torch.linalg.vecdot(h_new, w_rows).add_(b_rows)
-            hh = z.sigmoid_()
+            hh, p, done, left = halting.step(rows, n, h_new)
             record.append((len(sets) - 1, h, c, gates, tanh_c, h_new, c_new, hh))
-            # A pair halts at the first n with sum_{n'<=n} h >= 1 - eps, or at the cap M.
-            cum_next = cum + hh
-            done = cum_next >= threshold if n < max_steps else torch.ones_like(cum, dtype=bool)
-            cum_next.masked_fill_(done, 1.0)
-            p = (cum_next - cum).unsqueeze(-1)
             sum_h = p * h_new if sum_h is None else sum_h.addcmul_(p, h_new)
             sum_c = p * c_new if sum_c is None else sum_c.addcmul_(p, c_new)
-            h, c, cum = h_new, c_new, cum_next
-            cums.append(cum)
-            left = rows.size - int(done.sum())  # the one host sync per ponder step
+            h, c = h_new, c_new
             if left == 0:
                 break
             if 2 * left > rows.size:
                 continue
             # At most half of the set runs: its sums go into the totals, and it shrinks.
-            totals, sums = (y, cell, remainder, steps), (sum_h, sum_c, *halted(cums))
+            totals, sums = (y, cell, remainder, steps), (sum_h, sum_c, *halting.sums())
             y, cell, remainder, steps = add_sums(rows, totals, sums)
             keep = (~done).nonzero().squeeze(1)
             rows = rows.subset(keep)
             sets.append(rows)
-            h, c, cum, sum_h, sum_c = h[keep], c[keep], cum[keep], None, None
-            cums = [cum]
-            g_rows, w_rows, b_rows = rows.take(g_f), rows.per_run(w_z), rows.per_run(b_z)
-        totals, sums = (y, cell, remainder, steps), (sum_h, sum_c, *halted(cums))
+            halting.shrink(rows, keep)
+            h, c, sum_h, sum_c, g_rows = h[keep], c[keep], None, None, rows.take(g_f)
+        totals, sums = (y, cell, remainder, steps), (sum_h, sum_c, *halting.sums())
         y, cell, remainder, steps = add_sums(rows, totals, sums)
         y, cell = y.view(k, b, hidden), cell.view(k, b, hidden)
         steps, remainder = steps.view(k, b), remainder.view(k, b)

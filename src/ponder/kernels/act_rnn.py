@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import torch
 
-from .rows import Gradients, Rows, add_sums, halted, set_bounds
+from .rows import Gradients, Halting, Rows, add_sums, set_bounds
 from .tanh import faster, from_doubled_
 
 # dL/da = dL/dh (1 - h^2) in one pass, h = tanh(a): the kernel autograd uses for tanh.
@@ -89,51 +89,33 @@ class _TanhACT(torch.autograd.Function):
         k, b, hidden = g1.shape
         kb = k * b
         g1_f, g_f = g1.reshape(kb, hidden), g.reshape(kb, hidden)
-        w_t, w_z, b_z = w_hh.transpose(1, 2), w_halt.squeeze(1), b_halt.squeeze(1)
+        w_t = w_hh.transpose(1, 2)
         rows = Rows(k, b, None, None)
         sets, record = [rows], []  # record, per ponder step: its set, h^{n-1}, h^n, h_n
+        halting = Halting(rows, w_halt, b_halt, epsilon, max_steps)
         h = h0.reshape(kb, hidden)
-        # f per row: sum_{n'<n} h_t^n' while the pair runs, exactly 1 once it has halted. Then
-        # p^n = f^n - f^{n-1} is h_n going on, R = 1 - sum_{n'<n} h_n on halting and 0 after,
-        # and a halted pair meets the halting rule again on every later step.
-        f = h.new_zeros(kb)
-        fs = [f]  # f at the start of the set and after each of its steps
         # Per pair: s_t = sum_n p_t^n s_t^n, R(t), N(t); the sums run over a set's rows and are
         # added into these when the set changes.
         y = remainder = steps = c_y = None
-        g_rows, w_rows, b_rows = g_f, None, None  # (the halting unit per row, once ragged)
-        b_1, w_halt_t = b_halt.unsqueeze(1), w_halt.transpose(1, 2)
-        threshold = 1.0 - epsilon
+        g_rows = g_f
         for n in range(1, max_steps + 1):
             h_new = _cell(rows, g1_f if n == 1 else g_rows, h, w_t)  # h^n
-            if rows.uniform:  # h_n, as one batched matmul while every run has all its rows
-                z = torch.baddbmm(b_1, h_new.view(k, b, hidden), w_halt_t).view(-1)
-            else:
-                z = torch.linalg.vecdot(h_new, w_rows).add_(b_rows)
-            hh = z.sigmoid_()
+            hh, p, done, left = halting.step(rows, n, h_new)
             record.append((len(sets) - 1, h, h_new, hh))
-            # A pair halts at the first n with sum_{n'<=n} h >= 1 - eps, or at the cap M.
-            f_next = f + hh
-            done = f_next >= threshold if n < max_steps else torch.ones_like(f, dtype=torch.bool)
-            f_next.masked_fill_(done, 1.0)
-            p = (f_next - f).unsqueeze(-1)
             c_y = p * h_new if c_y is None else c_y.addcmul_(p, h_new)
-            h, f = h_new, f_next
-            fs.append(f)
-            left = rows.size - int(done.sum())  # the one host sync per ponder step
+            h = h_new
             if left == 0:
                 break
             if 2 * left > rows.size:
                 continue
             # At most half of the set runs: its sums go into the totals, and it shrinks.
-            y, remainder, steps = add_sums(rows, (y, remainder, steps), (c_y, *halted(fs)))
+            y, remainder, steps = add_sums(rows, (y, remainder, steps), (c_y, *halting.sums()))
             keep = (~done).nonzero().squeeze(1)
             rows = rows.subset(keep)
             sets.append(rows)
-            h, f, c_y = h[keep], f[keep], None
-            fs = [f]
-            g_rows, w_rows, b_rows = rows.take(g_f), rows.per_run(w_z), rows.per_run(b_z)
-        y, remainder, steps = add_sums(rows, (y, remainder, steps), (c_y, *halted(fs)))
+            halting.shrink(rows, keep)
+            h, c_y, g_rows = h[keep], None, rows.take(g_f)
+        y, remainder, steps = add_sums(rows, (y, remainder, steps), (c_y, *halting.sums()))
         y, steps, remainder = y.view(k, b, hidden), steps.view(k, b), remainder.view(k, b)
         ctx.sets, ctx.record = sets, record
         ctx.save_for_backward(w_hh, w_halt, steps, remainder)

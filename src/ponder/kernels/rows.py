@@ -187,3 +187,50 @@ class Gradients:
         """g1's and g's gradients ``[K, B, width]``."""
         d_g = torch.zeros_like(self.d_g1) if self.d_g is None else self.d_g
         return self.d_g1.view(self.k, self.b, -1), d_g.view(self.k, self.b, -1)
+
+
+class Halting:
+    """ACT's halting rule over a kernel's sets of rows, the same for every cell: the halting
+    unit h_n = sigmoid(w y^n + b) per row, and per pair ``cum``, sum_{n'<n} h_t^n' while the
+    pair runs and exactly 1 once it has halted. Then p^n = cum^n - cum^{n-1} is h_n going on,
+    R = 1 - sum_{n'<n} h_n on halting and 0 after, and a halted pair meets the rule again on
+    every later step. A pair halts at the first n with sum_{n'<=n} h >= 1 - eps, or at M."""
+
+    def __init__(
+        self, rows: Rows, w_halt: torch.Tensor, b_halt: torch.Tensor, epsilon: float, m: int
+    ) -> None:
+        self.w_z, self.b_z = w_halt.squeeze(1), b_halt.squeeze(1)
+        self.w_t, self.b_1 = w_halt.transpose(1, 2), b_halt.unsqueeze(1)
+        self.w_rows = self.b_rows = None  # the halting unit per row, once the set is ragged
+        self.threshold, self.max_steps = 1.0 - epsilon, m
+        self.cum = w_halt.new_zeros(rows.size)
+        self.cums = [self.cum]  # cum at the start of the set and after each of its steps
+
+    def step(self, rows: Rows, n: int, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Ponder step n's h_n and p^n ``[R, 1]``, which rows halt, and how many run on."""
+        if rows.uniform:  # one batched matmul while every run has all its rows
+            z = torch.baddbmm(self.b_1, y.view(rows.k, rows.b, -1), self.w_t).view(-1)
+        else:
+            z = torch.linalg.vecdot(y, self.w_rows).add_(self.b_rows)
+        hh = z.sigmoid_()
+        cum_next = self.cum + hh
+        if n < self.max_steps:
+            done = cum_next >= self.threshold
+        else:
+            done = torch.ones_like(cum_next, dtype=torch.bool)
+        cum_next.masked_fill_(done, 1.0)
+        p = (cum_next - self.cum).unsqueeze(-1)
+        self.cum = cum_next
+        self.cums.append(cum_next)
+        left = rows.size - int(done.sum())  # the one host sync per ponder step
+        return hh, p, done, left
+
+    def sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The set's R(t) and the steps each pair ran in it (``halted``)."""
+        return halted(self.cums)
+
+    def shrink(self, rows: Rows, keep: torch.Tensor) -> None:
+        """Go on with the rows ``keep`` of the set, now ``rows``."""
+        self.cum = self.cum[keep]
+        self.cums = [self.cum]
+        self.w_rows, self.b_rows = rows.per_run(self.w_z), rows.per_run(self.b_z)
